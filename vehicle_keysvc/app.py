@@ -1,0 +1,66 @@
+"""The service process: wires config, TPM, key store, CAN and D-Bus together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .callers import AccessPolicy
+from .can_source import CanStateSource
+from .config import Config
+from .dbus_service import connect_bus, serve
+from .keyservice import KeyService
+from .keystore import KeyStore
+from .monitor import VehicleMonitor
+from .profile import load_profile
+from .tpm import TpmBackend
+
+_LOGGER = logging.getLogger(__name__)
+
+
+async def run_service(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or until ``stop`` is set).
+
+    Raises:
+        ConfigError: the profile is invalid.
+        TpmUnavailable: the TPM cannot be reached at start.
+        NameTaken: another process owns the bus name.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    profile = load_profile(config.profile)
+    _LOGGER.info(
+        "vehicle profile %r from %s: facts %s, E2E %s",
+        profile.name, profile.path, ", ".join(sorted(profile.facts)),
+        "on" if profile.e2e_protected else "off (freshness only)",
+    )
+    monitor = VehicleMonitor(profile)
+    store = KeyStore(config.key_dir)
+    store.load()
+    tpm = TpmBackend(config.tcti)
+    await tpm.start()
+    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection)
+    source = CanStateSource(
+        monitor, config.can_interface, config.can_channel, config.can_options,
+        config.tick_interval,
+    )
+    bus = None
+    try:
+        bus = await connect_bus(config.bus)
+        await serve(bus, core)
+        await source.start()
+        _LOGGER.info("vehicle-keysvc ready")
+        await stop.wait()
+        _LOGGER.info("stopping")
+    finally:
+        await source.stop()
+        if bus is not None:
+            bus.disconnect()
+        await tpm.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    _LOGGER.info("stopped")

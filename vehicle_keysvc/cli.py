@@ -1,0 +1,88 @@
+"""Command line: ``vehicle-keysvc run | replay``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from .config import load_config
+from .errors import KeyServiceError
+from .profile import load_profile
+from .replay import read_frames, replay
+
+_LOGGER = logging.getLogger("vehicle_keysvc")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_service
+
+    config = load_config(args.config)
+    _setup_logging(args.log_level or config.log_level)
+    asyncio.run(run_service(config))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "WARNING")
+    profile = load_profile(args.profile)
+    timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
+    entries = [e for e in timeline if args.all_states or e.kind == "gate" or e.fact]
+    if args.json:
+        json.dump([e.as_dict() for e in entries], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for entry in entries:
+            print(entry)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vehicle-keysvc",
+        description="TPM key service gated by CAN vehicle state, served over D-Bus.",
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default: the config's, or WARNING for replay)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the service")
+    run.add_argument("--config", required=True, help="path of the TOML config file")
+    run.set_defaults(func=_cmd_run)
+
+    rep = commands.add_parser(
+        "replay", help="print the state and gate timeline of a CAN recording"
+    )
+    rep.add_argument("--profile", required=True, help="vehicle profile (TOML)")
+    rep.add_argument("logfile", help="recording: candump .log, .asc, .trc or .blf")
+    rep.add_argument("--json", action="store_true", help="print JSON instead of text")
+    rep.add_argument("--tick-ms", type=float, default=20.0,
+                     help="gate re-evaluation interval between frames, in ms (default 20)")
+    rep.add_argument("--all-states", action="store_true", help=argparse.SUPPRESS)
+    rep.set_defaults(func=_cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyServiceError as err:
+        print(f"vehicle-keysvc: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

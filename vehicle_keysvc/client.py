@@ -1,0 +1,104 @@
+"""Async client for org.webinos.KeyStorage1, for the PZP side and tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from .dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
+
+
+class KeyStorageError(Exception):
+    """A D-Bus error reply; ``name`` is the D-Bus error name."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(f"{name}: {text}")
+        self.name = name
+        self.text = text
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+
+class KeyStorageClient:
+    """Calls the key service on an already connected bus."""
+
+    def __init__(self, bus: MessageBus, timeout: float = 10.0) -> None:
+        self.bus = bus
+        self.timeout = timeout
+
+    async def _call(self, member: str, signature: str = "", body: list[Any] | None = None,
+                    interface: str = INTERFACE) -> list[Any]:
+        reply = await self.bus.call(
+            Message(
+                destination=BUS_NAME,
+                path=OBJECT_PATH,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
+        )
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise KeyStorageError(reply.error_name or "unknown", text)
+        return list(reply.body)
+
+    async def list_keys(self) -> list[str]:
+        return (await self._call("ListKeys"))[0]
+
+    async def get_public_key(self, key_id: str) -> bytes:
+        return bytes((await self._call("GetPublicKey", "s", [key_id]))[0])
+
+    async def sign(self, key_id: str, digest: bytes, algorithm: str = "ecdsa-sha256") -> bytes:
+        return bytes((await self._call("Sign", "says", [key_id, digest, algorithm]))[0])
+
+    async def generate_key(self, key_id: str, owner_uid: int, key_type: str = "ecc-p256",
+                           pcrs: str | None = None) -> bytes:
+        options = {"owner_uid": Variant("u", owner_uid)}
+        if pcrs is not None:
+            options["pcrs"] = Variant("s", pcrs)
+        return bytes((await self._call("GenerateKey", "ssa{sv}", [key_id, key_type, options]))[0])
+
+    async def delete_key(self, key_id: str) -> None:
+        await self._call("DeleteKey", "s", [key_id])
+
+    async def get_property(self, name: str) -> Any:
+        body = await self._call("Get", "ss", [INTERFACE, name],
+                                interface="org.freedesktop.DBus.Properties")
+        return body[0].value
+
+    async def vehicle_state(self) -> dict[str, dict[str, Any]]:
+        raw = await self.get_property("VehicleState")
+        return {fact: {k: v.value for k, v in entry.value.items()} for fact, entry in raw.items()}
+
+    async def watch(self, on_lock_changed: Callable[[bool, str], None],
+                    on_state: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
+        """Call back on LockChanged and, if given, on VehicleState changes."""
+
+        def handler(msg: Message) -> bool:
+            if msg.message_type != MessageType.SIGNAL or msg.path != OBJECT_PATH:
+                return False
+            if msg.member == "LockChanged" and msg.interface == INTERFACE:
+                on_lock_changed(bool(msg.body[0]), str(msg.body[1]))
+            elif (msg.member == "PropertiesChanged" and on_state is not None
+                  and "VehicleState" in msg.body[1]):
+                raw = msg.body[1]["VehicleState"].value
+                on_state({f: {k: v.value for k, v in e.value.items()} for f, e in raw.items()})
+            return False
+
+        self.bus.add_message_handler(handler)
+        for rule in (
+            f"type='signal',interface='{INTERFACE}',member='LockChanged',path='{OBJECT_PATH}'",
+            "type='signal',interface='org.freedesktop.DBus.Properties',"
+            f"member='PropertiesChanged',path='{OBJECT_PATH}'",
+        ):
+            await self.bus.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                body=[rule]))

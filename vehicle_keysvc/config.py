@@ -1,0 +1,173 @@
+"""Service configuration from a TOML file.
+
+Every option, its unit and its default is listed in ``config.example.toml``
+beside the package's README. An invalid value is rejected at start with the
+option's name, the value, and what to write instead.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InvalidArgument
+from .tpm import PcrSelection
+
+_BUSES = ("system", "session")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated service settings."""
+
+    tcti: str = "device:/dev/tpmrm0"
+    pcr_selection: PcrSelection = PcrSelection("sha256", (0, 2, 4, 7))
+    bus: str = "system"  # "system", "session" or a D-Bus address
+    admin_uids: frozenset[int] = frozenset({0})
+    key_dir: Path = Path("/var/lib/vehicle-keysvc/keys")
+    can_interface: str = "socketcan"
+    can_channel: str = "can0"
+    can_options: dict[str, Any] = field(default_factory=dict)
+    profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
+    tick_interval: float = 0.02  # seconds
+    log_level: str = "INFO"
+
+
+def _get(
+    table: dict[str, Any],
+    section: str,
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else "number"
+        raise ConfigError(
+            f"[{section}] {key} = {value!r} is invalid: expected a {expected}"
+        )
+    return value
+
+
+def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(
+            f"[{section}] has unknown option(s) {', '.join(sorted(unknown))}; "
+            f"known options are {', '.join(sorted(allowed))}"
+        )
+
+
+def parse_config(data: dict[str, Any], base: Path) -> Config:
+    """Build a Config from parsed TOML; relative paths are taken from ``base``."""
+    defaults = Config()
+    _check_keys(data, "top level", {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging"})
+    sections = {}
+    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging"):
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = table
+
+    tpm = sections["tpm"]
+    _check_keys(tpm, "tpm", {"tcti", "pcrs"})
+    tcti = _get(tpm, "tpm", "tcti", str, defaults.tcti)
+    if ":" not in tcti and tcti not in ("device", "swtpm", "mssim", "tabrmd"):
+        raise ConfigError(
+            f"[tpm] tcti = {tcti!r} is invalid: write NAME:CONFIG, for example "
+            "device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321"
+        )
+    pcr_text = _get(tpm, "tpm", "pcrs", str, str(defaults.pcr_selection))
+    try:
+        pcr_selection = PcrSelection.parse(pcr_text)
+    except InvalidArgument as err:
+        raise ConfigError(f"[tpm] pcrs: {err}") from None
+
+    dbus = sections["dbus"]
+    _check_keys(dbus, "dbus", {"bus"})
+    bus = _get(dbus, "dbus", "bus", str, defaults.bus)
+    if bus not in _BUSES and "=" not in bus:
+        raise ConfigError(
+            f"[dbus] bus = {bus!r} is invalid: use 'system', 'session' or a D-Bus "
+            "address such as unix:path=/run/dbus/system_bus_socket"
+        )
+
+    access = sections["access"]
+    _check_keys(access, "access", {"admin_uids"})
+    admins = _get(access, "access", "admin_uids", list, sorted(defaults.admin_uids))
+    for uid in admins:
+        if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid < 2**32:
+            raise ConfigError(
+                f"[access] admin_uids contains {uid!r}: each entry must be a uid "
+                "(an integer 0..4294967295)"
+            )
+
+    storage = sections["storage"]
+    _check_keys(storage, "storage", {"key_dir"})
+    key_dir = base / _get(storage, "storage", "key_dir", str, str(defaults.key_dir))
+
+    can_table = sections["can"]
+    _check_keys(can_table, "can", {"interface", "channel", "options"})
+    interface = _get(can_table, "can", "interface", str, defaults.can_interface)
+    channel = _get(can_table, "can", "channel", str, defaults.can_channel)
+    options = _get(can_table, "can", "options", dict, {})
+    if "can_filters" in options:
+        raise ConfigError(
+            "[can] options.can_filters is set by the service from the profile; "
+            "remove it"
+        )
+
+    vehicle = sections["vehicle"]
+    _check_keys(vehicle, "vehicle", {"profile", "tick_interval_ms"})
+    profile = base / _get(vehicle, "vehicle", "profile", str, str(defaults.profile))
+    tick_ms = _get(vehicle, "vehicle", "tick_interval_ms", (int, float), 20)
+    if not 1 <= tick_ms <= 1000:
+        raise ConfigError(
+            f"[vehicle] tick_interval_ms = {tick_ms!r} is invalid: use 1..1000 "
+            "(how often staleness is checked between frames)"
+        )
+
+    logging_table = sections["logging"]
+    _check_keys(logging_table, "logging", {"level"})
+    level = _get(logging_table, "logging", "level", str, defaults.log_level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f"[logging] level = {level!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
+        )
+
+    return Config(
+        tcti=tcti,
+        pcr_selection=pcr_selection,
+        bus=bus,
+        admin_uids=frozenset(admins),
+        key_dir=key_dir,
+        can_interface=interface,
+        can_channel=channel,
+        can_options=dict(options),
+        profile=profile,
+        tick_interval=tick_ms / 1000.0,
+        log_level=level,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a config file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or has an invalid value.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    try:
+        return parse_config(data, path.parent.resolve())
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
