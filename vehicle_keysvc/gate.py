@@ -64,9 +64,11 @@ def _unusable_reason(view: FactView) -> str | None:
     if view.age is None:
         return f"{view.fact}: no frame of {view.message} received yet"
     if view.age > view.max_age:
+        # The text must not change while the fact stays stale, or every tick
+        # would publish a new lock reason.
         return (
-            f"{view.fact} is stale: last {view.message} frame {view.age:.2f} s "
-            f"ago (limit {view.max_age:.2f} s)"
+            f"{view.fact} is stale: no {view.message} frame for more than "
+            f"{view.max_age:.2f} s"
         )
     if view.problem is not None:
         return f"{view.fact} is invalid: {view.problem}"
