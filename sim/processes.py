@@ -1,4 +1,4 @@
-"""Start and stop the real processes the tests need: swtpm and dbus-daemon.
+"""Start and stop the real processes of the demo and the tests: swtpm, dbus-daemon.
 
 Each runs on a random free port or a private socket in a temp folder and is
 stopped by pid (SIGTERM, then SIGKILL after a grace period).

@@ -16,7 +16,7 @@ import pytest_asyncio
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from procs import DbusDaemon, Swtpm, start_dbus_daemon, start_swtpm, stop_process
+from sim.processes import DbusDaemon, Swtpm, start_dbus_daemon, start_swtpm, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

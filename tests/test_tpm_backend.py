@@ -121,7 +121,7 @@ async def test_reset_gives_unavailable_then_recovers(swtpm) -> None:
 
 @pytest.mark.asyncio
 async def test_unreachable_tpm_is_unavailable() -> None:
-    from procs import free_port
+    from sim.processes import free_port
 
     tpm = TpmBackend(f"swtpm:host=127.0.0.1,port={free_port()}")
     with pytest.raises(TpmUnavailable, match="cannot open TPM TCTI"):
