@@ -1,10 +1,10 @@
 """Demo: the key service on real parts, driven by the simulated car.
 
 Starts swtpm, a private dbus-daemon, the vehicle simulator (socketcand
-protocol on 127.0.0.1) and the service, then acts as the PZP: it has a key
-created, signs a digest every second while the car goes through a drive
-cycle, checks each signature with ``openssl pkeyutl -verify``, and prints a
-timeline. A second act replays a real recorded Ford drive into the service.
+protocol on 127.0.0.1) and the service, then acts as the PZP. It has a key
+created and signs a digest every second while the car goes through a drive
+cycle. It checks each signature with ``openssl pkeyutl -verify`` and prints
+a timeline. A second act replays a real recorded Ford drive into the service.
 Everything started here is stopped at the end. Exits 0 only when every
 expected outcome was seen.
 

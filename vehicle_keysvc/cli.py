@@ -37,12 +37,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "WARNING")
     profile = load_profile(args.profile)
     timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
-    entries = [e for e in timeline if args.all_states or e.kind == "gate" or e.fact]
     if args.json:
-        json.dump([e.as_dict() for e in entries], sys.stdout, indent=1)
+        json.dump([e.as_dict() for e in timeline], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        for entry in entries:
+        for entry in timeline:
             print(entry)
     return 0
 
@@ -68,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON instead of text")
     rep.add_argument("--tick-ms", type=float, default=20.0,
                      help="gate re-evaluation interval between frames, in ms (default 20)")
-    rep.add_argument("--all-states", action="store_true", help=argparse.SUPPRESS)
     rep.set_defaults(func=_cmd_replay)
     return parser
 

@@ -27,9 +27,8 @@ class KeyStorageError(Exception):
 class KeyStorageClient:
     """Calls the key service on an already connected bus."""
 
-    def __init__(self, bus: MessageBus, timeout: float = 10.0) -> None:
+    def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
-        self.timeout = timeout
 
     async def _call(self, member: str, signature: str = "", body: list[Any] | None = None,
                     interface: str = INTERFACE) -> list[Any]:

@@ -72,8 +72,6 @@ _SIGNING_KEY_ATTRIBUTES = (
     | TPMA_OBJECT.NODA
 )
 
-_PCR_BANKS = {"sha1": TPM2_ALG.SHA1, "sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384}
-
 # Response codes that mean the policy did not hold, with or without the
 # session/parameter bits set (TPM 2.0 Part 2, table 16).
 _POLICY_CODES = {int(TPM2_RC.POLICY_FAIL), int(TPM2_RC.PCR_CHANGED)}
@@ -385,7 +383,3 @@ def _flush_quietly(esapi: ESAPI, handle: Any) -> None:
     except TSS2_Exception as err:
         # After a reset the handle is already gone; nothing is left loaded.
         _LOGGER.debug("flushing TPM handle failed: %s", err)
-
-
-def pcr_bank_algorithm(bank: str) -> Any:
-    return _PCR_BANKS[bank]

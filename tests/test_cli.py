@@ -1,0 +1,51 @@
+"""The vehicle-keysvc command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import FORD_LOG, FORD_PROFILE, REPO
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vehicle_keysvc.cli", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+
+
+def test_replay_json_timeline() -> None:
+    result = run_cli("replay", "--profile", str(FORD_PROFILE), str(FORD_LOG), "--json")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    gates = [e for e in entries if e["kind"] == "gate"]
+    assert [e["locked"] for e in gates] == [True, True, False, True]
+    assert gates[2]["reason"] == "Vehicle.LowVoltageSystemState is ON"
+    # First frame at 1584730160.128065, first Run frame (3B3#4040...) at
+    # 1584730160.333464 in the recording.
+    assert gates[2]["time"] == 0.2054
+
+
+def test_replay_text_lines() -> None:
+    result = run_cli("replay", "--profile", str(FORD_PROFILE), str(FORD_LOG))
+    assert result.returncode == 0, result.stderr
+    assert "gate   UNLOCKED  Vehicle.LowVoltageSystemState is ON" in result.stdout
+
+
+def test_run_with_bad_config_exits_2(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[dbus]\nbus = "desktop"\n')
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "bus = 'desktop' is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_missing_profile_exits_2(tmp_path) -> None:
+    config = tmp_path / "keysvc.toml"
+    config.write_text('[vehicle]\nprofile = "absent.toml"\n')
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "absent.toml not found" in result.stderr
