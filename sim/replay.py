@@ -25,14 +25,19 @@ async def replay_log(
     sink: Callable[[can.Message], None],
     speed: float = 1.0,
     on_frame: Callable[[can.Message], None] | None = None,
+    recorded_timestamps: bool = False,
 ) -> int:
-    """Send the frames of a CAN log to ``sink`` with their recorded spacing divided by ``speed``.
+    """Send the frames of a CAN log to ``sink``, spaced as recorded over ``speed``.
 
     Reads every format that ``can.LogReader`` reads (.log, .asc, .trc, .blf and
     more). The first frame is sent at once. Each frame's timestamp is rewritten
     to the wall-clock time (``time.time()``, seconds) at which it is due: replay
     start plus its recorded offset from the first frame, divided by ``speed``.
-    Error frames and remote frames are skipped. ``on_frame`` is called after
+    With ``recorded_timestamps`` the timestamp is replay start plus the
+    recorded offset, not divided by ``speed``: frames arrive faster but keep
+    their recorded spacing, so a receiver whose clock follows the frames
+    sees the same timeline at any speed. Error frames and remote frames are
+    skipped. ``on_frame`` is called after
     ``sink`` with each sent frame. Returns the number of frames sent.
     Raises ValueError for a speed that is not a positive finite number.
     """
@@ -62,7 +67,8 @@ async def replay_log(
             elif sent % _FRAMES_PER_YIELD == 0:
                 await asyncio.sleep(0)
 
-            msg.timestamp = start_wall + offset
+            recorded_offset = msg.timestamp - first_recorded
+            msg.timestamp = start_wall + (recorded_offset if recorded_timestamps else offset)
             sink(msg)
             if on_frame is not None:
                 on_frame(msg)
