@@ -310,13 +310,7 @@ class TpmBackend:
     def _policy_digest(self, selection: PcrSelection) -> bytes:
         esapi = self._esapi
         assert esapi is not None
-        trial = esapi.start_auth_session(
-            ESYS_TR.NONE,
-            ESYS_TR.NONE,
-            TPM2_SE.TRIAL,
-            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-            TPM2_ALG.SHA256,
-        )
+        trial = _start_session(esapi, TPM2_SE.TRIAL)
         try:
             esapi.policy_pcr(trial, None, selection.to_tpm())
             return bytes(esapi.policy_get_digest(trial))
@@ -341,13 +335,7 @@ class TpmBackend:
         private, _ = TPM2B_PRIVATE.unmarshal(blobs.private)
         key = esapi.load(self._srk, private, public)
         try:
-            session = esapi.start_auth_session(
-                ESYS_TR.NONE,
-                ESYS_TR.NONE,
-                TPM2_SE.POLICY,
-                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-                TPM2_ALG.SHA256,
-            )
+            session = _start_session(esapi, TPM2_SE.POLICY)
             try:
                 esapi.policy_pcr(session, None, blobs.pcr_selection.to_tpm())
                 scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
@@ -375,6 +363,20 @@ class TpmBackend:
             return list(data.data.handles)
 
         return await self._call(query)
+
+
+def _start_session(esapi: ESAPI, session_type: TPM2_SE) -> Any:
+    """Start an unbound, unsalted SHA-256 session of the given type."""
+    # NOTE: no salt and no parameter encryption, so a probe on the TPM's
+    # SPI bus sees digests and signatures (neither is secret, but an
+    # interposer could also alter them).
+    return esapi.start_auth_session(
+        ESYS_TR.NONE,
+        ESYS_TR.NONE,
+        session_type,
+        TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        TPM2_ALG.SHA256,
+    )
 
 
 def _flush_quietly(esapi: ESAPI, handle: Any) -> None:
