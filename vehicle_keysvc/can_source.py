@@ -39,6 +39,10 @@ class CanStateSource:
         self._tasks: list[asyncio.Task[None]] = []
         self.frames_received = 0
 
+    @property
+    def connected(self) -> bool:
+        return self._notifier is not None
+
     async def start(self) -> None:
         """Start ticking at once and connect to the bus in the background."""
         self._tasks.append(asyncio.create_task(self._tick_forever(), name="gate-ticker"))
