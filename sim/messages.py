@@ -1,6 +1,6 @@
 """Per-message transmit data of the reference vehicle, read from its DBC.
 
-Each E2E-protected message has three signals, told apart by name: one ending in
+Each E2E-protected message has three signals, identified by name: one ending in
 ``_CRC`` (an 8-bit, byte-aligned CRC), one ending in ``_Counter`` (the alive
 counter) and the value signal. The E2E data id is the message's ``E2EDataID``
 attribute and the cycle time its ``GenMsgCycleTime`` attribute (milliseconds).
@@ -34,22 +34,27 @@ class TxMessage:
     faults: set[str] = field(default_factory=set)
 
 
-def load_tx_messages(database: Database, attributes: dict[str, str]) -> dict[str, TxMessage]:
-    """Build a TxMessage for each message named in ``attributes`` (attribute -> message).
+def load_tx_messages(
+    database: Database, attributes: dict[str, str]
+) -> dict[str, TxMessage]:
+    """Build a TxMessage for each message in ``attributes`` (attribute -> message name).
 
     Returns them keyed by message name, in DBC order. Raises ValueError when a
     message is missing or lacks a CRC, counter or value signal, a cycle time or an
     E2E data id.
     """
-    wanted = {message_name: attribute for attribute, message_name in attributes.items()}
-    missing = set(wanted) - {message.name for message in database.messages}
+    attribute_by_message = {name: attribute for attribute, name in attributes.items()}
+    missing = set(attribute_by_message) - {
+        message.name for message in database.messages
+    }
     if missing:
         raise ValueError(f"DBC has no message named {', '.join(sorted(missing))}")
 
     result = {}
     for message in database.messages:
-        if message.name in wanted:
-            result[message.name] = _load_tx_message(message, wanted[message.name])
+        if message.name in attribute_by_message:
+            attribute = attribute_by_message[message.name]
+            result[message.name] = _load_tx_message(message, attribute)
     return result
 
 
@@ -58,7 +63,9 @@ def _load_tx_message(message: Message, attribute: str) -> TxMessage:
     counter = _signal_with_suffix(message, "_Counter")
     values = [s for s in message.signals if s.name not in (crc.name, counter.name)]
     if len(values) != 1:
-        raise ValueError(f"{message.name}: expected one value signal, found {len(values)}")
+        raise ValueError(
+            f"{message.name}: expected one value signal, found {len(values)}"
+        )
     value = values[0]
 
     if crc.length != 8 or crc.start % 8 != 0 or crc.byte_order != "little_endian":

@@ -27,7 +27,9 @@ class StateTarget(Protocol):
     def set(self, **changes: Any) -> None: ...
 
 
-def _speed_ramp(start_at: float, speeds_kmh: Sequence[float], interval: float) -> list[Step]:
+def _speed_ramp(
+    start_at: float, speeds_kmh: Sequence[float], interval: float
+) -> list[Step]:
     return [
         Step(start_at + index * interval, f"speed {speed:g} km/h", {"speed_kmh": speed})
         for index, speed in enumerate(speeds_kmh)
@@ -48,7 +50,9 @@ DRIVE_CYCLE: list[Step] = [
             "alarm": "ARMED",
         },
     ),
-    Step(2.0, "unlock, alarm DISARMED", {"central_lock": "UNLOCKED", "alarm": "DISARMED"}),
+    Step(
+        2.0, "unlock, alarm DISARMED", {"central_lock": "UNLOCKED", "alarm": "DISARMED"}
+    ),
     Step(3.0, "ignition ACC", {"power_mode": "ACC"}),
     Step(4.0, "ignition RUN", {"power_mode": "RUN"}),
     Step(5.0, "gear D", {"gear": "D"}),
@@ -67,7 +71,7 @@ async def run_scenario(
     on_step: Callable[[Step], None] | None = None,
     speed: float = 1.0,
 ) -> None:
-    """Apply each step's changes to ``vehicle`` at its time, then call ``on_step(step)``.
+    """Apply each step's changes to ``vehicle`` at its time, then call ``on_step``.
 
     Step times count from the call, divided by ``speed`` (2.0 runs twice as fast).
     Waits are measured from the start, so late steps do not add up to drift. Raises
@@ -76,7 +80,7 @@ async def run_scenario(
     """
     if not (math.isfinite(speed) and speed > 0):
         raise ValueError(f"invalid speed {speed!r}: expected a positive number")
-    for earlier, later in zip(steps, steps[1:]):
+    for earlier, later in zip(steps[:-1], steps[1:], strict=True):
         if later.at < earlier.at:
             raise ValueError(
                 f"steps out of order: {later.label!r} at {later.at} s follows "

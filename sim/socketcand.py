@@ -3,12 +3,12 @@
 It implements what python-can's ``socketcand`` interface (python-can 4.6) uses:
 
 - on connect the server sends ``< hi >``;
-- ``< open CHANNEL >`` is answered with ``< ok >``, and a channel other than
+- ``< open CHANNEL >`` gets the reply ``< ok >``, and a channel other than
   the served one closes the connection;
-- ``< rawmode >`` is answered with ``< ok >``, and after that the client gets
+- ``< rawmode >`` gets the reply ``< ok >``, and after that the client gets
   every frame as ``< frame ID SECONDS.USEC HEXDATA >``;
 - ``< send ID DLC B0 B1 ... >`` from a client goes to all other clients in raw
-  mode and to the ``on_frame`` callback. ``< echo >`` is answered with ``< echo >``.
+  mode and to the ``on_frame`` callback. ``< echo >`` gets the reply ``< echo >``.
 
 The python-can client reads each handshake reply with a single recv() and
 compares the whole text, so every reply is written on its own, only after its
@@ -37,14 +37,17 @@ _ECHO = b"< echo >"
 _READ_SIZE = 4096
 # A command longer than this that still has no closing ">" is discarded.
 _MAX_COMMAND_CHARS = 1024
+# Unsent bytes per client above which its frames are dropped: about 25,000 frames,
+# room for a log replayed at high speed to a client that reads a little late.
 DEFAULT_MAX_BUFFER_BYTES = 1 << 20
-# NOTE: no reply tells the server that the client has read "< ok >", so frames start
-# this long after the rawmode reply. A client that reads later than that can get
-# "< ok >" and frames in one recv() and fail its handshake.
+# NOTE: the protocol has no way for the server to learn that the client has read
+# "< ok >", so frames start this long (seconds) after the rawmode reply. A client
+# that reads later than that can get "< ok >" and frames in one recv() and fail
+# its handshake.
 DEFAULT_RAWMODE_DELAY = 0.05
 # Kernel send buffer of each client connection, in bytes. Linux grows an unset one
-# up to 4 MiB, which would hold minutes of frames for a client that stopped reading
-# before max_buffer_bytes takes effect.
+# up to the net.ipv4.tcp_wmem maximum (4 MiB by default), about 17 minutes of the
+# reference vehicle's 100 frames/s, before max_buffer_bytes could take effect.
 _SOCKET_SEND_BUFFER = 64 * 1024
 # Seconds stop() waits for connection handlers to end before it cancels them.
 _STOP_TIMEOUT = 2.0
@@ -63,9 +66,10 @@ class _Client:
 class SocketcandServer:
     """socketcand server on ``host`` serving one CAN channel to any number of clients.
 
-    ``port`` 0 picks a free port, read it from ``.port`` after start(). Frames for a
-    client whose unsent data exceeds ``max_buffer_bytes`` are dropped, so a client
-    that stops reading never blocks the others. The first drop per client is logged.
+    ``port`` 0 picks a free port, read it from ``.port`` after start(). broadcast()
+    only queues data and never waits for a client. Frames for a client whose unsent
+    data exceeds ``max_buffer_bytes`` are dropped, so a client that stops reading
+    holds a bounded amount of memory. The first drop per client is logged.
     ``on_frame`` is called with every frame that a client sends.
     """
 
@@ -109,7 +113,7 @@ class SocketcandServer:
 
     @property
     def dropped_frames(self) -> int:
-        """Frames dropped for clients that did not read, since start()."""
+        """Frames dropped for clients that did not read, since the server was made."""
         return self._dropped_before + sum(c.dropped_frames for c in self._clients)
 
     async def start(self) -> None:
@@ -120,7 +124,12 @@ class SocketcandServer:
             self._handle_connection, self.host, self._requested_port
         )
         self._port = self._server.sockets[0].getsockname()[1]
-        _LOGGER.info("socketcand server listening on %s:%d, channel %s", self.host, self._port, self.channel)
+        _LOGGER.info(
+            "socketcand server listening on %s:%d, channel %s",
+            self.host,
+            self._port,
+            self.channel,
+        )
 
     async def stop(self) -> None:
         """Close the listener and every client connection, and wait for them to end."""
@@ -211,10 +220,14 @@ class SocketcandServer:
             except ConnectionError:
                 pass
             _LOGGER.info(
-                "client %s disconnected, %d frames dropped for it", client.peer, client.dropped_frames
+                "client %s disconnected, %d frames dropped for it",
+                client.peer,
+                client.dropped_frames,
             )
 
-    async def _serve_client(self, client: _Client, reader: asyncio.StreamReader) -> None:
+    async def _serve_client(
+        self, client: _Client, reader: asyncio.StreamReader
+    ) -> None:
         pending = ""
         while True:
             chunk = await reader.read(_READ_SIZE)
@@ -227,14 +240,15 @@ class SocketcandServer:
                     return
 
     async def _execute(self, client: _Client, command: str) -> bool:
-        """Run one command (the text between "<" and ">"). Return False to close the connection."""
+        """Run one command, the text between "<" and ">". Return False to disconnect."""
         words = command.split()
         verb = words[0] if words else ""
         if verb == "open":
             requested = words[1] if len(words) == 2 else command
             if requested != self.channel:
                 _LOGGER.warning(
-                    "client %s requested channel %r but this server serves only %r, closing the connection",
+                    "client %s requested channel %r but this server serves only %r, "
+                    "closing the connection",
                     client.peer,
                     requested,
                     self.channel,
@@ -269,7 +283,9 @@ class SocketcandServer:
         try:
             msg = parse_send_command(fields, time.time(), self.channel)
         except SendCommandError as err:
-            _LOGGER.warning("client %s sent an invalid send command: %s", sender.peer, err)
+            _LOGGER.warning(
+                "client %s sent an invalid send command: %s", sender.peer, err
+            )
             return
         line = format_frame(msg, msg.timestamp)
         for client in self._clients:
@@ -279,29 +295,38 @@ class SocketcandServer:
             try:
                 self._on_frame(msg)
             except Exception:
-                _LOGGER.exception("on_frame callback failed for frame 0x%X", msg.arbitration_id)
+                _LOGGER.exception(
+                    "on_frame callback failed for frame 0x%X", msg.arbitration_id
+                )
 
 
 def _split_commands(pending: str, peer: str) -> tuple[list[str], str]:
-    """Split ``pending`` into complete "< ... >" command bodies and the unparsed rest."""
+    """Split ``pending`` into the bodies of complete commands and the unparsed rest."""
     commands = []
     while True:
         start = pending.find("<")
         if start < 0:
             if pending.strip():
-                _LOGGER.debug("client %s: discarding text outside a command: %r", peer, pending)
+                _LOGGER.debug(
+                    "client %s: discarding text outside a command: %r", peer, pending
+                )
             return commands, ""
         end = pending.find(">", start)
         if end < 0:
             if len(pending) - start > _MAX_COMMAND_CHARS:
                 _LOGGER.warning(
-                    "client %s: discarding a command with no closing '>' after %d characters",
+                    "client %s: discarding a command with no closing '>' "
+                    "after %d characters",
                     peer,
                     _MAX_COMMAND_CHARS,
                 )
                 return commands, ""
             return commands, pending[start:]
         if pending[:start].strip():
-            _LOGGER.debug("client %s: discarding text outside a command: %r", peer, pending[:start])
+            _LOGGER.debug(
+                "client %s: discarding text outside a command: %r",
+                peer,
+                pending[:start],
+            )
         commands.append(pending[start + 1 : end])
         pending = pending[end + 1 :]

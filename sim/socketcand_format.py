@@ -14,7 +14,7 @@ class SendCommandError(ValueError):
 
 
 def format_frame(msg: can.Message, timestamp: float) -> bytes:
-    """Format ``msg`` as ``< frame ID SECONDS.USEC HEXDATA >`` with ``timestamp`` in seconds.
+    """Format ``msg`` as ``< frame ID SECONDS.USEC HEXDATA >`` (``timestamp``: s).
 
     The id has 3 upper-case hex digits for a standard id and 8 for an extended id,
     which is how the client tells them apart. A frame without data keeps the space
@@ -28,14 +28,18 @@ def format_frame(msg: can.Message, timestamp: float) -> bytes:
     return f"< frame {frame_id} {timestamp:.6f} {data} >".encode("ascii")
 
 
-def parse_send_command(fields: list[str], timestamp: float, channel: str) -> can.Message:
+def parse_send_command(
+    fields: list[str], timestamp: float, channel: str
+) -> can.Message:
     """Parse the fields of ``< send ID DLC B0 B1 ... >`` after the word "send".
 
     ID, DLC and data bytes are hex; an 8-digit id is extended and a 3-digit id is
     standard. Raises SendCommandError naming the invalid field.
     """
     if len(fields) < 2:
-        raise SendCommandError(f"expected 'send ID DLC BYTES...', got {' '.join(fields)!r}")
+        raise SendCommandError(
+            f"expected 'send ID DLC BYTES...', got {' '.join(fields)!r}"
+        )
     id_text, dlc_text, byte_texts = fields[0], fields[1], fields[2:]
 
     if len(id_text) == 3:
@@ -62,11 +66,15 @@ def parse_send_command(fields: list[str], timestamp: float, channel: str) -> can
     )
 
 
-def _parse_hex(text: str, what: str, maximum: int) -> int:
+def _parse_hex(text: str, field_name: str, maximum: int) -> int:
     try:
         value = int(text, 16)
     except ValueError:
-        raise SendCommandError(f"invalid {what} {text!r}: expected hex digits") from None
+        raise SendCommandError(
+            f"invalid {field_name} {text!r}: expected hex digits"
+        ) from None
     if not 0 <= value <= maximum:
-        raise SendCommandError(f"invalid {what} {text!r}: expected at most 0x{maximum:X}")
+        raise SendCommandError(
+            f"invalid {field_name} {text!r}: expected at most 0x{maximum:X}"
+        )
     return value

@@ -22,12 +22,12 @@ class FrameSource(Protocol):
 
 
 class PeriodicTransmitter:
-    """Poll ``source.due_frames(clock())`` every ``interval`` seconds and pass each frame to ``sink``.
+    """Task passing each frame of ``source.due_frames(clock())`` to ``sink``.
 
-    The sink is a plain callable, for example ``bus.send`` of a python-can bus or
-    ``SocketcandServer.broadcast``. A sink that raises can.CanError or OSError
-    loses that frame, the error is logged and sending goes on. Any other error
-    ends the task and is raised again by stop().
+    It polls every ``interval`` seconds. The sink is a plain callable, for example
+    ``bus.send`` of a python-can bus or ``SocketcandServer.broadcast``. A sink that
+    raises can.CanError or OSError loses that frame, the error is logged and
+    sending goes on. Any other error ends the task and is raised again by stop().
     """
 
     def __init__(
@@ -53,10 +53,15 @@ class PeriodicTransmitter:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        """Start the task on the running event loop. Raises RuntimeError if it already runs."""
+        """Start the task on the running event loop.
+
+        Raises RuntimeError if it already runs.
+        """
         if self.running:
             raise RuntimeError("transmitter is already running")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-transmitter")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="sim-transmitter"
+        )
         self._task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
@@ -80,11 +85,15 @@ class PeriodicTransmitter:
                 except (can.CanError, OSError) as err:
                     self.send_errors += 1
                     if not failing:
-                        _LOGGER.error("sending frame 0x%X failed: %s", frame.arbitration_id, err)
+                        _LOGGER.error(
+                            "sending frame 0x%X failed: %s", frame.arbitration_id, err
+                        )
                     failing = True
                     continue
                 if failing:
-                    _LOGGER.info("sending works again after %d failed frames", self.send_errors)
+                    _LOGGER.info(
+                        "sending works again, %d frames failed so far", self.send_errors
+                    )
                     failing = False
                 self.frames_sent += 1
             await asyncio.sleep(self._interval)

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import can
 import cantools
@@ -57,7 +57,17 @@ class _StateAttribute(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
 
-    def __get__(self, vehicle: ReferenceVehicle, owner: type | None = None) -> T:
+    @overload
+    def __get__(self, vehicle: None, owner: type) -> _StateAttribute[T]: ...
+
+    @overload
+    def __get__(self, vehicle: ReferenceVehicle, owner: type | None = None) -> T: ...
+
+    def __get__(
+        self, vehicle: ReferenceVehicle | None, owner: type | None = None
+    ) -> T | _StateAttribute[T]:
+        if vehicle is None:
+            return self
         return vehicle._state[self._name]  # type: ignore[no-any-return]
 
     def __set__(self, vehicle: ReferenceVehicle, value: T) -> None:
@@ -81,7 +91,9 @@ class ReferenceVehicle:
     alarm: _StateAttribute[str] = _StateAttribute()
 
     def __init__(self, dbc_path: str | Path = DEFAULT_DBC) -> None:
-        self.database: Database = cantools.database.load_file(str(dbc_path), strict=True)
+        self.database: Database = cantools.database.load_file(
+            str(dbc_path), strict=True
+        )
         self._messages = load_tx_messages(self.database, STATE_MESSAGES)
         self._by_attribute = {tx.attribute: tx for tx in self._messages.values()}
         self._state: dict[str, Any] = {}
@@ -103,7 +115,9 @@ class ReferenceVehicle:
         Every value is validated before any is applied, so a ValueError leaves the
         state unchanged. Unknown attribute names also raise ValueError.
         """
-        validated = {name: self._validate(name, value) for name, value in changes.items()}
+        validated = {
+            name: self._validate(name, value) for name, value in changes.items()
+        }
         self._state.update(validated)
         if validated:
             _LOGGER.debug("vehicle state changed: %s", validated)
@@ -123,16 +137,20 @@ class ReferenceVehicle:
         cleared.
         """
         if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}: allowed faults are {', '.join(FAULTS)}")
+            raise ValueError(
+                f"unknown fault {fault!r}: allowed faults are {', '.join(FAULTS)}"
+            )
         for tx in self._select(message):
             tx.faults.add(fault)
             _LOGGER.info("fault %s injected on %s", fault, tx.message.name)
 
     def clear_faults(self, message: str | None = None) -> None:
-        """End all faults of one message, or of every message when ``message`` is None."""
+        """End the faults of one message, or of all when ``message`` is None."""
         for tx in self._select(message):
             if tx.faults:
-                _LOGGER.info("faults %s cleared on %s", sorted(tx.faults), tx.message.name)
+                _LOGGER.info(
+                    "faults %s cleared on %s", sorted(tx.faults), tx.message.name
+                )
             tx.faults.clear()
 
     def faults(self, message: str) -> frozenset[str]:
@@ -174,11 +192,19 @@ class ReferenceVehicle:
 
     def _build_frame(self, tx: TxMessage, timestamp: float) -> can.Message:
         if "invalid_value" in tx.faults:
-            signals = {tx.crc_signal: 0, tx.counter_signal: tx.counter, tx.value_signal: tx.invalid_raw}
+            signals = {
+                tx.crc_signal: 0,
+                tx.counter_signal: tx.counter,
+                tx.value_signal: tx.invalid_raw,
+            }
             payload = bytearray(tx.message.encode(signals, scaling=False))
         else:
             value = self._state[tx.attribute]
-            signals = {tx.crc_signal: 0, tx.counter_signal: tx.counter, tx.value_signal: value}
+            signals = {
+                tx.crc_signal: 0,
+                tx.counter_signal: tx.counter,
+                tx.value_signal: value,
+            }
             payload = bytearray(tx.message.encode(signals, scaling=True))
 
         crc = compute_crc(tx.data_id, bytes(payload), tx.crc_byte)
@@ -200,8 +226,9 @@ class ReferenceVehicle:
         tx = self._tx_for_attribute(attribute)
         if tx.labels:
             if not isinstance(value, str) or value not in tx.labels:
+                allowed = ", ".join(tx.labels)
                 raise ValueError(
-                    f"invalid {attribute} {value!r}: allowed values are {', '.join(tx.labels)}"
+                    f"invalid {attribute} {value!r}: allowed values are {allowed}"
                 )
             return value
 
@@ -210,7 +237,8 @@ class ReferenceVehicle:
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not is_number or not 0 <= value <= maximum:
             raise ValueError(
-                f"invalid {attribute} {value!r}: expected a number from 0 to {maximum} {signal.unit}"
+                f"invalid {attribute} {value!r}: "
+                f"expected a number from 0 to {maximum} {signal.unit}"
             )
         return float(value)
 
@@ -230,7 +258,8 @@ class ReferenceVehicle:
             return [self._messages[message]]
         except KeyError:
             raise ValueError(
-                f"unknown message {message!r}: allowed messages are {', '.join(self._messages)}"
+                f"unknown message {message!r}: "
+                f"allowed messages are {', '.join(self._messages)}"
             ) from None
 
 
@@ -238,7 +267,9 @@ def _is_due(tx: TxMessage, now: float) -> bool:
     if tx.next_due is None:
         return True
     if tx.next_due - now > tx.cycle_time + _DUE_TOLERANCE:
-        _LOGGER.debug("clock moved backwards for %s, restarting its schedule", tx.message.name)
+        _LOGGER.debug(
+            "clock moved backwards for %s, restarting its schedule", tx.message.name
+        )
         return True
     return now >= tx.next_due - _DUE_TOLERANCE
 

@@ -51,7 +51,9 @@ async def read_until(process: asyncio.subprocess.Process, text: str) -> list[str
     return lines
 
 
-async def stop_sim(process: asyncio.subprocess.Process, signum: int) -> tuple[int, str, str]:
+async def stop_sim(
+    process: asyncio.subprocess.Process, signum: int
+) -> tuple[int, str, str]:
     process.send_signal(signum)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
@@ -91,10 +93,16 @@ async def test_serve_drive_runs_until_sigterm():
     try:
         port = await read_port(process)
         bus = await asyncio.to_thread(
-            can.Bus, interface="socketcand", host="127.0.0.1", port=port, channel="vcan0"
+            can.Bus,
+            interface="socketcand",
+            host="127.0.0.1",
+            port=port,
+            channel="vcan0",
         )
         step_lines = await read_until(process, "ignition RUN")
-        frames = await asyncio.to_thread(receive_until, bus, lambda got: "RUN" in power_modes(got))
+        frames = await asyncio.to_thread(
+            receive_until, bus, lambda got: "RUN" in power_modes(got)
+        )
         returncode, rest, errors = await stop_sim(process, signal.SIGTERM)
     finally:
         if bus is not None:
@@ -112,12 +120,18 @@ async def test_serve_drive_runs_until_sigterm():
 
 @pytest.mark.asyncio
 async def test_serve_replay_stops_on_sigint():
-    process = await start_sim("serve", "--port", "0", "replay", str(REAL_LOG), "--speed", "20", "--loop")
+    process = await start_sim(
+        "serve", "--port", "0", "replay", str(REAL_LOG), "--speed", "20", "--loop"
+    )
     bus = None
     try:
         port = await read_port(process)
         bus = await asyncio.to_thread(
-            can.Bus, interface="socketcand", host="127.0.0.1", port=port, channel="vcan0"
+            can.Bus,
+            interface="socketcand",
+            host="127.0.0.1",
+            port=port,
+            channel="vcan0",
         )
         frames = await asyncio.to_thread(
             receive_until, bus, lambda got: any(f.arbitration_id == 0x3B3 for f in got)

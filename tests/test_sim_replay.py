@@ -13,12 +13,34 @@ from sim.replay import replay_log
 REAL_LOG = Path(__file__).resolve().parent / "data" / "keyofftokeyonandlocks.log"
 
 RECORDED = [
-    can.Message(timestamp=1000.000, arbitration_id=0x110, is_extended_id=False, data=b"\x01\x02"),
-    can.Message(timestamp=1000.010, arbitration_id=0x120, is_extended_id=False, data=b"\x03"),
-    can.Message(timestamp=1000.015, arbitration_id=0x7FF, is_extended_id=False, is_remote_frame=True, dlc=2),
-    can.Message(timestamp=1000.020, arbitration_id=0x20000004, is_extended_id=True, is_error_frame=True),
-    can.Message(timestamp=1000.250, arbitration_id=0x18DAF110, is_extended_id=True, data=bytes(range(8))),
-    can.Message(timestamp=1001.000, arbitration_id=0x130, is_extended_id=False, data=b""),
+    can.Message(
+        timestamp=1000.000, arbitration_id=0x110, is_extended_id=False, data=b"\x01\x02"
+    ),
+    can.Message(
+        timestamp=1000.010, arbitration_id=0x120, is_extended_id=False, data=b"\x03"
+    ),
+    can.Message(
+        timestamp=1000.015,
+        arbitration_id=0x7FF,
+        is_extended_id=False,
+        is_remote_frame=True,
+        dlc=2,
+    ),
+    can.Message(
+        timestamp=1000.020,
+        arbitration_id=0x20000004,
+        is_extended_id=True,
+        is_error_frame=True,
+    ),
+    can.Message(
+        timestamp=1000.250,
+        arbitration_id=0x18DAF110,
+        is_extended_id=True,
+        data=bytes(range(8)),
+    ),
+    can.Message(
+        timestamp=1001.000, arbitration_id=0x130, is_extended_id=False, data=b""
+    ),
 ]
 # The frames that replay sends: neither remote nor error frames.
 DATA_FRAMES = [RECORDED[0], RECORDED[1], RECORDED[4], RECORDED[5]]
@@ -61,8 +83,21 @@ async def test_replay_rebases_timestamps(recorded_log, speed):
     first = sent[0].timestamp
     assert first >= before
     assert first < before + 5.0
-    for msg, original in zip(sent, DATA_FRAMES):
+    for msg, original in zip(sent, DATA_FRAMES, strict=True):
         expected_offset = (original.timestamp - DATA_FRAMES[0].timestamp) / speed
+        assert msg.timestamp - first == pytest.approx(expected_offset, abs=1e-5)
+
+
+@pytest.mark.asyncio
+async def test_replay_recorded_timestamps_keep_spacing(recorded_log):
+    sent: list[can.Message] = []
+    before = time.time()
+    await replay_log(recorded_log, sent.append, speed=40.0, recorded_timestamps=True)
+
+    first = sent[0].timestamp
+    assert first >= before
+    for msg, original in zip(sent, DATA_FRAMES, strict=True):
+        expected_offset = original.timestamp - DATA_FRAMES[0].timestamp
         assert msg.timestamp - first == pytest.approx(expected_offset, abs=1e-5)
 
 
@@ -90,7 +125,9 @@ async def test_replay_real_log_counts():
     assert count == 12874
     assert len(sent) == count
     assert sum(1 for msg in sent if msg.arbitration_id == 0x3B3) == 24
-    assert sent[-1].timestamp - sent[0].timestamp == pytest.approx(8.759059 / 1000.0, abs=1e-6)
+    assert sent[-1].timestamp - sent[0].timestamp == pytest.approx(
+        8.759059 / 1000.0, abs=1e-6
+    )
 
 
 @pytest.mark.asyncio

@@ -59,11 +59,15 @@ def test_drive_cycle_ends_parked_and_locked():
 
 
 def test_drive_cycle_speed_ramps_up_and_down():
-    speeds = [step.changes["speed_kmh"] for step in DRIVE_CYCLE[1:] if "speed_kmh" in step.changes]
+    speeds = [
+        step.changes["speed_kmh"]
+        for step in DRIVE_CYCLE[1:]
+        if "speed_kmh" in step.changes
+    ]
     peak = speeds.index(max(speeds))
 
     assert max(speeds) == 50
-    assert speeds[:peak + 1] == sorted(speeds[:peak + 1])
+    assert speeds[: peak + 1] == sorted(speeds[: peak + 1])
     assert speeds[peak:] == sorted(speeds[peak:], reverse=True)
     assert speeds[-1] == 0
     assert len(speeds) >= 10
@@ -191,10 +195,15 @@ async def test_transmitter_sends_valid_frames_on_virtual_bus():
         message = DATABASE.get_message_by_frame_id(frame.arbitration_id)
         data_id = message.dbc.attributes["E2EDataID"].value
         assert frame.data[0] == compute_crc(data_id, bytes(frame.data), 0)
-    assert all(DATABASE.decode_message(0x120, f.data)["VehicleSpeed"] == 42.0 for f in speed_frames)
+    assert all(
+        DATABASE.decode_message(0x120, f.data)["VehicleSpeed"] == 42.0
+        for f in speed_frames
+    )
     assert DATABASE.decode_message(0x110, power_frames[0].data)["PowerMode"] == "RUN"
     counters = [f.data[1] & 0x0F for f in speed_frames]
-    assert all((b - a) % 16 == 1 for a, b in zip(counters, counters[1:]))
+    assert all(
+        (b - a) % 16 == 1 for a, b in zip(counters[:-1], counters[1:], strict=True)
+    )
 
 
 @pytest.mark.asyncio

@@ -105,13 +105,18 @@ async def test_client_receives_vehicle_frames():
         bus = await open_bus(server.port)
         try:
             frames = await asyncio.to_thread(
-                receive_until, bus, lambda got: len({f.arbitration_id for f in got}) == 5
+                receive_until,
+                bus,
+                lambda got: len({f.arbitration_id for f in got}) == 5,
             )
         finally:
             await shutdown(bus)
             await transmitter.stop()
 
-    decoded = {f.arbitration_id: DATABASE.decode_message(f.arbitration_id, f.data) for f in frames}
+    decoded = {
+        f.arbitration_id: DATABASE.decode_message(f.arbitration_id, f.data)
+        for f in frames
+    }
     assert set(decoded) == {0x110, 0x120, 0x130, 0x140, 0x150}
     assert decoded[0x110]["PowerMode"] == "RUN"
     assert decoded[0x120]["VehicleSpeed"] == 27.5
@@ -126,12 +131,27 @@ async def test_client_receives_vehicle_frames():
 @pytest.mark.asyncio
 async def test_frame_fields_survive_transport():
     sent = [
-        can.Message(timestamp=1700000000.123456, arbitration_id=0x110, is_extended_id=False,
-                    data=bytes.fromhex("0A1B0200")),
-        can.Message(timestamp=1700000000.5, arbitration_id=0x18DAF110, is_extended_id=True,
-                    data=bytes(range(8))),
-        can.Message(timestamp=1700000001.0, arbitration_id=0x7FF, is_extended_id=False, data=b""),
-        can.Message(timestamp=1700000002.0, arbitration_id=0x001, is_extended_id=False, data=b"\xff"),
+        can.Message(
+            timestamp=1700000000.123456,
+            arbitration_id=0x110,
+            is_extended_id=False,
+            data=bytes.fromhex("0A1B0200"),
+        ),
+        can.Message(
+            timestamp=1700000000.5,
+            arbitration_id=0x18DAF110,
+            is_extended_id=True,
+            data=bytes(range(8)),
+        ),
+        can.Message(
+            timestamp=1700000001.0, arbitration_id=0x7FF, is_extended_id=False, data=b""
+        ),
+        can.Message(
+            timestamp=1700000002.0,
+            arbitration_id=0x001,
+            is_extended_id=False,
+            data=b"\xff",
+        ),
     ]
     async with SocketcandServer() as server:
         bus = await open_bus(server.port)
@@ -139,12 +159,14 @@ async def test_frame_fields_survive_transport():
             await wait_for_clients(server, 1)
             for msg in sent:
                 server.broadcast(msg)
-            received = await asyncio.to_thread(receive_until, bus, lambda got: len(got) == len(sent))
+            received = await asyncio.to_thread(
+                receive_until, bus, lambda got: len(got) == len(sent)
+            )
         finally:
             await shutdown(bus)
 
     assert len(received) == len(sent)
-    for expected, actual in zip(sent, received):
+    for expected, actual in zip(sent, received, strict=True):
         assert actual.arbitration_id == expected.arbitration_id
         assert actual.is_extended_id == expected.is_extended_id
         assert actual.data == expected.data
@@ -157,8 +179,14 @@ async def test_error_and_remote_frames_not_broadcast():
         bus = await open_bus(server.port)
         try:
             await wait_for_clients(server, 1)
-            server.broadcast(can.Message(arbitration_id=0x20000080, is_error_frame=True, data=b"\x00"))
-            server.broadcast(can.Message(arbitration_id=0x123, is_remote_frame=True, dlc=2))
+            server.broadcast(
+                can.Message(
+                    arbitration_id=0x20000080, is_error_frame=True, data=b"\x00"
+                )
+            )
+            server.broadcast(
+                can.Message(arbitration_id=0x123, is_remote_frame=True, dlc=2)
+            )
             server.broadcast(can.Message(arbitration_id=0x124, data=b"\x01"))
             received = await asyncio.to_thread(receive_all, bus, 0.5)
         finally:
@@ -176,17 +204,25 @@ async def test_client_send_reaches_other_client():
         try:
             await wait_for_clients(server, 2)
             await asyncio.to_thread(
-                sender.send, can.Message(arbitration_id=0x321, is_extended_id=False, data=[1, 2, 0xAB])
+                sender.send,
+                can.Message(
+                    arbitration_id=0x321, is_extended_id=False, data=[1, 2, 0xAB]
+                ),
             )
             await asyncio.to_thread(
-                sender.send, can.Message(arbitration_id=0x1ABCDE01, is_extended_id=True, data=[])
+                sender.send,
+                can.Message(arbitration_id=0x1ABCDE01, is_extended_id=True, data=[]),
             )
-            heard = await asyncio.to_thread(receive_until, listener, lambda got: len(got) == 2)
+            listener_frames = await asyncio.to_thread(
+                receive_until, listener, lambda got: len(got) == 2
+            )
             echoed = await asyncio.to_thread(receive_all, sender, 0.3)
         finally:
             await shutdown(listener, sender)
 
-    assert [(f.arbitration_id, f.is_extended_id, bytes(f.data)) for f in heard] == [
+    assert [
+        (f.arbitration_id, f.is_extended_id, bytes(f.data)) for f in listener_frames
+    ] == [
         (0x321, False, b"\x01\x02\xab"),
         (0x1ABCDE01, True, b""),
     ]
@@ -206,7 +242,9 @@ async def test_two_clients_both_receive():
         try:
             await wait_for_clients(server, 2)
             for index in range(10):
-                server.broadcast(can.Message(arbitration_id=0x200 + index, data=[index]))
+                server.broadcast(
+                    can.Message(arbitration_id=0x200 + index, data=[index])
+                )
             first_frames, second_frames = await asyncio.gather(
                 asyncio.to_thread(receive_until, first, lambda got: len(got) == 10),
                 asyncio.to_thread(receive_until, second, lambda got: len(got) == 10),
@@ -276,7 +314,9 @@ async def test_invalid_commands_ignored():
             writer.write(b"< open vcan0 >")
             await reader.readexactly(6)
             writer.write(b"< bcmmode >< send 12 1 a >< send 123 2 1 >< send 800 0 >")
-            writer.write(b"< send 123 1 100 >< send 123 9 0 0 0 0 0 0 0 0 0 >< send xyz 0 >")
+            writer.write(
+                b"< send 123 1 100 >< send 123 9 0 0 0 0 0 0 0 0 0 >< send xyz 0 >"
+            )
             writer.write(b"< send 0AB 2 de ad >")
             async with asyncio.timeout(5):
                 while not forwarded:
@@ -288,7 +328,9 @@ async def test_invalid_commands_ignored():
             await writer.wait_closed()
 
     assert echo_reply == b"< echo >"
-    assert [(f.arbitration_id, bytes(f.data)) for f in forwarded] == [(0x0AB, b"\xde\xad")]
+    assert [(f.arbitration_id, bytes(f.data)) for f in forwarded] == [
+        (0x0AB, b"\xde\xad")
+    ]
 
 
 @pytest.mark.asyncio
@@ -299,7 +341,9 @@ async def test_slow_client_does_not_block_others(caplog):
         slow = socket.socket()
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.setblocking(False)
-        fast_reader, fast_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        fast_reader, fast_writer = await asyncio.open_connection(
+            "127.0.0.1", server.port
+        )
         try:
             await loop.sock_connect(slow, ("127.0.0.1", server.port))
             for request in (b"< open vcan0 >", b"< rawmode >"):
@@ -321,7 +365,11 @@ async def test_slow_client_does_not_block_others(caplog):
             counting = asyncio.create_task(count_frames())
             with caplog.at_level(logging.WARNING, logger="sim.socketcand"):
                 for index in range(frame_count):
-                    server.broadcast(can.Message(arbitration_id=0x100, data=index.to_bytes(4, "little")))
+                    server.broadcast(
+                        can.Message(
+                            arbitration_id=0x100, data=index.to_bytes(4, "little")
+                        )
+                    )
                     if index % 200 == 0:
                         await asyncio.sleep(0)
                 received = await asyncio.wait_for(counting, 20)
@@ -358,11 +406,16 @@ async def test_replay_real_log_through_server():
 
 
 def test_format_frame_standard_and_extended():
-    standard = can.Message(arbitration_id=0x110, is_extended_id=False, data=bytes.fromhex("0a1b0200"))
+    standard = can.Message(
+        arbitration_id=0x110, is_extended_id=False, data=bytes.fromhex("0a1b0200")
+    )
     extended = can.Message(arbitration_id=0x18DAF110, is_extended_id=True, data=b"\x01")
     empty = can.Message(arbitration_id=0x7, is_extended_id=False, data=b"")
 
-    assert format_frame(standard, 1700000000.123456) == b"< frame 110 1700000000.123456 0A1B0200 >"
+    assert (
+        format_frame(standard, 1700000000.123456)
+        == b"< frame 110 1700000000.123456 0A1B0200 >"
+    )
     assert format_frame(extended, 1.5) == b"< frame 18DAF110 1.500000 01 >"
     assert format_frame(empty, 2.0) == b"< frame 007 2.000000  >"
 

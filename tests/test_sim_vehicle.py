@@ -1,4 +1,4 @@
-"""Tests of the reference vehicle model: frame content, E2E protection, faults, timing."""
+"""Tests of the reference vehicle: frame content, E2E protection, faults, timing."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ LOCK_ID = 0x140
 ALARM_ID = 0x150
 ALL_IDS = {POWER_MODE_ID, SPEED_ID, GEAR_ID, LOCK_ID, ALARM_ID}
 # GenMsgCycleTime of each message in seconds.
-CYCLE_TIMES = {POWER_MODE_ID: 0.1, SPEED_ID: 0.02, GEAR_ID: 0.05, LOCK_ID: 0.1, ALARM_ID: 0.1}
+CYCLE_TIMES = {
+    POWER_MODE_ID: 0.1,
+    SPEED_ID: 0.02,
+    GEAR_ID: 0.05,
+    LOCK_ID: 0.1,
+    ALARM_ID: 0.1,
+}
 
 
 def decode(frame: can.Message) -> dict:
@@ -109,7 +115,9 @@ def test_frames_carry_state_values():
 def test_attribute_assignment_reaches_frame(attribute, value, frame_id, signal):
     vehicle = ReferenceVehicle()
     setattr(vehicle, attribute, value)
-    frame = vehicle.encode(DATABASE.get_message_by_frame_id(frame_id).name, timestamp=1.0)
+    frame = vehicle.encode(
+        DATABASE.get_message_by_frame_id(frame_id).name, timestamp=1.0
+    )
 
     assert getattr(vehicle, attribute) == value
     assert decode(frame)[signal] == value
@@ -135,7 +143,11 @@ def test_crc_verifies_on_every_frame():
 
 def test_crc_covers_data_id():
     frame = ReferenceVehicle().encode("VCU_PowerMode", timestamp=0.0)
-    other_id = DATABASE.get_message_by_name("TCU_GearSelection").dbc.attributes["E2EDataID"].value
+    other_id = (
+        DATABASE.get_message_by_name("TCU_GearSelection")
+        .dbc.attributes["E2EDataID"]
+        .value
+    )
 
     assert frame.data[0] != compute_crc(other_id, bytes(frame.data), 0)
 
@@ -153,7 +165,9 @@ def test_counters_are_per_message():
     vehicle = ReferenceVehicle()
     frames = run_for(vehicle, [i * 0.01 for i in range(21)])
     speed_counters = [counter_of(f) for f in frames if f.arbitration_id == SPEED_ID]
-    power_counters = [counter_of(f) for f in frames if f.arbitration_id == POWER_MODE_ID]
+    power_counters = [
+        counter_of(f) for f in frames if f.arbitration_id == POWER_MODE_ID
+    ]
 
     assert speed_counters == list(range(11))
     assert power_counters == [0, 1, 2]
@@ -228,7 +242,9 @@ def test_invalid_label_rejected(attribute, value, allowed):
     assert vehicle.state == before
 
 
-@pytest.mark.parametrize("value", [-0.1, 655.36, float("nan"), float("inf"), "10", True, None])
+@pytest.mark.parametrize(
+    "value", [-0.1, 655.36, float("nan"), float("inf"), "10", True, None]
+)
 def test_invalid_speed_rejected(value):
     vehicle = ReferenceVehicle()
 
@@ -311,7 +327,9 @@ def test_stuck_counter_resumes_after_clear():
 def test_silence_one_message():
     vehicle = ReferenceVehicle()
     vehicle.inject("silence", "BCM_AlarmState")
-    counts = Counter(f.arbitration_id for f in run_for(vehicle, [i * 0.01 for i in range(100)]))
+    counts = Counter(
+        f.arbitration_id for f in run_for(vehicle, [i * 0.01 for i in range(100)])
+    )
 
     assert counts[ALARM_ID] == 0
     assert counts[LOCK_ID] == 10
@@ -352,7 +370,9 @@ def test_invalid_value_fault(message_name, signal, raw_invalid):
     vehicle = ReferenceVehicle()
     vehicle.inject("invalid_value", message_name)
     frame = vehicle.encode(message_name, timestamp=0.0)
-    raw = DATABASE.decode_message(frame.arbitration_id, frame.data, decode_choices=False, scaling=False)
+    raw = DATABASE.decode_message(
+        frame.arbitration_id, frame.data, decode_choices=False, scaling=False
+    )
 
     assert raw[signal] == raw_invalid
     assert crc_matches(frame)
@@ -362,7 +382,9 @@ def test_invalid_value_decodes_as_invalid_label():
     vehicle = ReferenceVehicle()
     vehicle.inject("invalid_value", "VCU_PowerMode")
 
-    assert decode(vehicle.encode("VCU_PowerMode", timestamp=0.0))["PowerMode"] == "INVALID"
+    assert (
+        decode(vehicle.encode("VCU_PowerMode", timestamp=0.0))["PowerMode"] == "INVALID"
+    )
     assert vehicle.power_mode == "OFF"
 
 
