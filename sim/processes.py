@@ -73,30 +73,42 @@ class Swtpm:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def restart(self) -> None:
+        """Start swtpm again on the same ports and state, as after a crash."""
+        started = start_swtpm(self.state_dir, self.port)
+        self.proc = started.proc
 
-def start_swtpm(state_dir: Path) -> Swtpm:
+
+def _spawn_swtpm(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "swtpm", "socket", "--tpm2",
+            "--tpmstate", f"dir={state_dir}",
+            "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+            "--flags", "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def start_swtpm(state_dir: Path, port: int | None = None) -> Swtpm:
+    """Start swtpm on ``port`` (random if None) and ``port + 1``.
+
+    The swtpm TCTI always finds the control channel at port + 1.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
-        # The swtpm TCTI always finds the control channel at port + 1.
-        port = free_port()
-        ctrl_port = port + 1
-        proc = subprocess.Popen(
-            [
-                "swtpm", "socket", "--tpm2",
-                "--tpmstate", f"dir={state_dir}",
-                "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-                "--ctrl", f"type=tcp,port={ctrl_port},bindaddr=127.0.0.1",
-                "--flags", "not-need-init,startup-clear",
-            ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        chosen = port if port is not None else free_port()
+        proc = _spawn_swtpm(state_dir, chosen)
         try:
-            _wait_for_port(ctrl_port, proc)
-            _wait_for_port(port, proc)
-            return Swtpm(proc, port, ctrl_port, state_dir)
+            _wait_for_port(chosen + 1, proc)
+            _wait_for_port(chosen, proc)
+            return Swtpm(proc, chosen, chosen + 1, state_dir)
         except RuntimeError:
             stop_process(proc)
-            continue  # a port was taken between probing and binding
+            if port is not None:
+                break
     raise RuntimeError("swtpm did not start; is the swtpm package installed?")
 
 

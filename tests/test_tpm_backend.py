@@ -137,3 +137,32 @@ def test_pcr_selection_rejects_bad_text() -> None:
     with pytest.raises(InvalidArgument, match="0..23"):
         PcrSelection.parse("sha256:24")
     assert str(PcrSelection.parse("sha256:7,0,7")) == "sha256:0,7"
+
+
+@pytest.mark.asyncio
+async def test_swtpm_restart_recovers(swtpm) -> None:
+    tpm = TpmBackend(swtpm.tcti)
+    await tpm.start()
+    try:
+        blobs, public_der = await tpm.create_key(SELECTION)
+        swtpm.stop()
+        with pytest.raises(TpmUnavailable):
+            await tpm.sign(blobs, bytes(32))
+        with pytest.raises(TpmUnavailable):
+            await tpm.sign(blobs, bytes(32))
+        swtpm.restart()
+        for _ in range(200):
+            if tpm.available:
+                break
+            await asyncio.sleep(0.05)
+        assert tpm.available
+        verify(public_der, await tpm.sign(blobs, bytes(32)), bytes(32))
+    finally:
+        await tpm.close()
+
+
+def test_pcr_selection_rejects_huge_index() -> None:
+    from vehicle_keysvc.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="is invalid"):
+        PcrSelection.parse("sha256:" + "9" * 5000)

@@ -91,7 +91,7 @@ class PcrSelection:
 
     @classmethod
     def parse(cls, text: str) -> PcrSelection:
-        match = re.fullmatch(r"(sha1|sha256|sha384):(\d+(?:,\d+)*)", text.strip())
+        match = re.fullmatch(r"(sha1|sha256|sha384):(\d{1,2}(?:,\d{1,2})*)", text.strip())
         if not match:
             raise InvalidArgument(
                 f"PCR selection {text!r} is invalid; write it as BANK:INDICES, "
@@ -265,9 +265,9 @@ class TpmBackend:
                 self._available = True
                 return
             except TSS2_Exception as err:
-                if (int(err.rc) & 0xFF0000) != _TCTI_LAYER:
-                    raise
-                _LOGGER.info("TPM connection lost; opening a new one")
+                # After a transport failure ESAPI may refuse every further
+                # call ("called in the wrong order"), so start afresh.
+                _LOGGER.info("TPM context unusable (%s); opening a new one", err)
         self._disconnect()
         self._connect()
 
