@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from conftest import ServiceProcess, wait_until
+from sim.socketcand import SocketcandServer
+from sim.transmit import PeriodicTransmitter
 from stack import Stack, start_stack
 from tpm_tools import extend_pcr, transient_handles
 from vehicle_keysvc.client import KeyStorageError
@@ -306,3 +308,29 @@ async def test_other_uid_gets_access_denied(stack: Stack) -> None:
     assert '"pzp"' not in listed.stdout
     assert own.returncode == 0, own.stderr
     assert await stack.client.list_keys() == ["nobody-key", "pzp"]
+
+
+@pytest.mark.asyncio
+async def test_lost_socketcand_server_locks_then_reconnects(stack: Stack) -> None:
+    await stack.client.generate_key("pzp", owner_uid=0)
+    await unlocked(stack)
+    port = stack.server.port
+    await stack.transmitter.stop()
+    await stack.server.stop()
+    await locked(stack)
+    assert "stale" in await stack.client.get_property("LockReason")
+
+    stack.server = SocketcandServer(port=port)
+    await stack.server.start()
+    stack.transmitter = PeriodicTransmitter(stack.vehicle, stack.server.broadcast)
+    stack.transmitter.start()
+
+    await wait_until(lambda: stack.server.client_count == 1, timeout=30.0)
+    await unlocked(stack)
+    verify(await stack.client.get_public_key("pzp"),
+           await stack.client.sign("pzp", DIGEST), DIGEST)
+    assert stack.service is not None
+    log = stack.service.log()
+    assert log.count("reopening the interface") == 1
+    assert "CAN frames received again" in log
+    assert "Failed to connect to server" not in log
