@@ -49,3 +49,29 @@ def test_run_with_missing_profile_exits_2(tmp_path) -> None:
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 2
     assert "absent.toml not found" in result.stderr
+
+
+def test_replay_rejects_bad_tick_and_log(tmp_path) -> None:
+    for tick in ("0", "-5", "nan", "abc"):
+        result = run_cli("replay", "--profile", str(FORD_PROFILE), "--tick-ms", tick,
+                         str(FORD_LOG))
+        assert result.returncode == 2, tick
+        assert "give milliseconds from 0.1 to 1000" in result.stderr
+    missing = run_cli("replay", "--profile", str(FORD_PROFILE), str(tmp_path / "x.log"))
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_run_with_unusable_key_dir_exits_2(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "keysvc.toml"
+    config.write_text(
+        f'[storage]\nkey_dir = "{blocker}"\n'
+        f'[vehicle]\nprofile = "{FORD_PROFILE}"\n'
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "fix [storage] key_dir" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,6 +10,7 @@ from .callers import AccessPolicy
 from .can_source import CanStateSource
 from .config import Config
 from .dbus_service import connect_bus, serve
+from .errors import KeyServiceError
 from .keyservice import KeyService
 from .keystore import KeyStore
 from .monitor import VehicleMonitor
@@ -50,7 +51,13 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
     )
     bus = None
     try:
-        bus = await connect_bus(config.bus)
+        try:
+            bus = await asyncio.wait_for(connect_bus(config.bus), timeout=30.0)
+        except (OSError, ValueError, TimeoutError, EOFError) as err:
+            raise KeyServiceError(
+                f"cannot connect to D-Bus bus {config.bus!r}: {err or type(err).__name__}; "
+                "check [dbus] bus and that the bus daemon runs"
+            ) from err
         await serve(bus, core)
         await source.start()
         _LOGGER.info("vehicle-keysvc ready")

@@ -33,10 +33,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 1000.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid interval {text!r}: give milliseconds from 0.1 to 1000"
+        )
+    return value
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "WARNING")
     profile = load_profile(args.profile)
-    timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
+    try:
+        timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
+    except (OSError, ValueError) as err:
+        print(f"vehicle-keysvc: error: cannot read {args.logfile}: {err}", file=sys.stderr)
+        return 2
     if args.json:
         json.dump([e.as_dict() for e in timeline], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -65,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", required=True, help="vehicle profile (TOML)")
     rep.add_argument("logfile", help="recording: candump .log, .asc, .trc or .blf")
     rep.add_argument("--json", action="store_true", help="print JSON instead of text")
-    rep.add_argument("--tick-ms", type=float, default=20.0,
+    rep.add_argument("--tick-ms", type=_positive_ms, default=20.0,
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
     return parser

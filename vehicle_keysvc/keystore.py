@@ -74,10 +74,13 @@ class KeyRecord:
                 base64.b64decode(data["tpm_private"], validate=True),
                 PcrSelection.parse(data["pcr_selection"]),
             )
+            owner_uid = int(data["owner_uid"])
+            if not 0 <= owner_uid < 2**32:
+                raise ValueError(f"owner_uid {owner_uid} is not a uid")
             return cls(
                 key_id=check_key_id(data["key_id"]),
                 key_type=str(data["key_type"]),
-                owner_uid=int(data["owner_uid"]),
+                owner_uid=owner_uid,
                 blobs=blobs,
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
             )
@@ -93,8 +96,20 @@ class KeyStore:
         self._records: dict[str, KeyRecord] = {}
 
     def load(self) -> None:
-        """Read every key file; skip and log damaged ones, never delete them."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Read every key file; skip and log damaged ones, never delete them.
+
+        Raises:
+            KeyServiceError: the key folder cannot be created or read.
+        """
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError("not readable and writable by this user")
+        except OSError as err:
+            raise KeyServiceError(
+                f"key folder {self.directory} is unusable ({err}); fix [storage] "
+                "key_dir or its permissions"
+            ) from err
         self._records.clear()
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
