@@ -27,6 +27,7 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
         ConfigError: the profile is invalid.
         TpmUnavailable: the TPM cannot be reached at start.
         NameTaken: another process owns the bus name.
+        KeyServiceError: the key folder or the D-Bus bus cannot be used.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
