@@ -57,7 +57,7 @@ FACT_TYPES: dict[str, type] = {
 
 @dataclass(frozen=True)
 class E2ESettings:
-    """Where a message carries its E2E counter and CRC."""
+    """E2E settings of one message: counter and CRC signals, CRC byte, data id."""
 
     counter_signal: str
     crc_signal: str
@@ -79,7 +79,7 @@ class MessageSettings:
 
 @dataclass(frozen=True)
 class FactMapping:
-    """How one VSS fact is read from one DBC signal."""
+    """Mapping of one VSS fact to one DBC signal, with its value conversion."""
 
     fact: str
     message: str

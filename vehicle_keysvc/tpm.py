@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-# ESYS prints every TPM error it sees to stderr unless told otherwise; the
-# service handles and logs those errors itself. Must be set before the TSS
+# By default ESYS prints every TPM error to stderr, but the service handles
+# and logs those errors itself. Must be set before the TSS
 # libraries are loaded.
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 
@@ -111,7 +111,7 @@ class PcrSelection:
 
 @dataclass(frozen=True)
 class KeyBlobs:
-    """What reaches the disk for a TPM key: its public area and wrapped private."""
+    """Stored form of a TPM key: its public area and SRK-wrapped private area."""
 
     public: bytes  # marshalled TPM2B_PUBLIC
     private: bytes  # marshalled TPM2B_PRIVATE, encrypted by the SRK
@@ -368,7 +368,7 @@ class TpmBackend:
 def _start_session(esapi: ESAPI, session_type: TPM2_SE) -> Any:
     """Start an unbound, unsalted SHA-256 session of the given type."""
     # NOTE: no salt and no parameter encryption, so a probe on the TPM's
-    # SPI bus sees digests and signatures (neither is secret, but an
+    # SPI bus can read digests and signatures (neither is secret, but an
     # interposer could also alter them).
     return esapi.start_auth_session(
         ESYS_TR.NONE,
