@@ -36,7 +36,7 @@ async def replay_log(
     With ``recorded_timestamps`` the timestamp is replay start plus the
     recorded offset, not divided by ``speed``: frames arrive faster but keep
     their recorded spacing, so a receiver whose clock follows the frames
-    sees the same timeline at any speed. Error frames and remote frames are
+    gets the same timeline at any speed. Error frames and remote frames are
     skipped. ``on_frame`` is called after
     ``sink`` with each sent frame. Returns the number of frames sent.
     Raises ValueError for a speed that is not a positive finite number.

@@ -56,7 +56,7 @@ class CallerCache:
 
 
 class AccessPolicy:
-    """Who may manage keys and who may use each key."""
+    """Access rules: which uids manage keys, and which uid uses each key."""
 
     def __init__(self, admin_uids: frozenset[int]) -> None:
         self.admin_uids = admin_uids

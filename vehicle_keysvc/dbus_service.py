@@ -7,7 +7,7 @@ traceback to a caller.
 dbus-fast does not pass the message to method handlers, so a message
 handler on the bus records the sender's unique name in a context variable
 just before dispatch. dbus-fast starts each coroutine handler as a task from
-that same call, and the task copies the context, so each handler sees its own
+that same call, and the task copies the context, so each handler reads its own
 message's sender.
 """
 
@@ -220,8 +220,8 @@ async def serve(bus: MessageBus, core: KeyService) -> KeyStorageInterface:
     """Export the interface and own the bus name.
 
     Raises:
-        NameTaken: another connection owns the name (requested with
-            DO_NOT_QUEUE, so the service never waits in line for it).
+        NameTaken: another connection owns the name. The request uses
+            DO_NOT_QUEUE, so it fails at once instead of queueing.
     """
     callers = CallerCache(lambda name: _credentials(bus, name))
 

@@ -1,6 +1,6 @@
 """Vehicle monitor: feeds frames to the vehicle state and re-runs the gate.
 
-The monitor holds the current gate decision. It is driven by two calls,
+The monitor keeps the current gate decision. It is driven by two calls,
 ``on_frame`` for each received frame and ``tick`` between frames, both with
 the time on the frames' clock, so a live bus and a replay behave the same.
 """
