@@ -7,9 +7,11 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .config import load_config
 from .errors import KeyServiceError
+from .journal import use_journal_if_connected
 from .profile import load_profile
 from .replay import read_frames, replay
 
@@ -28,8 +30,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .app import run_service
 
     config = load_config(args.config)
-    _setup_logging(args.log_level or config.log_level)
-    asyncio.run(run_service(config))
+    if not use_journal_if_connected(args.log_level or config.log_level):
+        _setup_logging(args.log_level or config.log_level)
+    asyncio.run(run_service(config, config_path=Path(args.config)))
     return 0
 
 

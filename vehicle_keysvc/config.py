@@ -33,6 +33,9 @@ class Config:
     profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
     tick_interval: float = 0.02  # seconds
     log_level: str = "INFO"
+    rate_limit: float = 10.0  # requests per second per uid; 0 turns it off
+    rate_burst: int = 20  # requests
+    audit_repeat_window: float = 60.0  # seconds
 
 
 def _get(
@@ -65,9 +68,12 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    _check_keys(data, "top level", {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging"})
+    _check_keys(
+        data, "top level",
+        {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "limits"},
+    )
     sections = {}
-    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging"):
+    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "limits"):
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -132,12 +138,14 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     logging_table = sections["logging"]
-    _check_keys(logging_table, "logging", {"level"})
+    _check_keys(logging_table, "logging", {"level", "audit_repeat_window_s"})
     level = _get(logging_table, "logging", "level", str, defaults.log_level).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
             f"[logging] level = {level!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
         )
+
+    limits = _parse_limits(sections["limits"], logging_table)
 
     return Config(
         tcti=tcti,
@@ -151,7 +159,35 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         profile=profile,
         tick_interval=tick_ms / 1000.0,
         log_level=level,
+        **limits,
     )
+
+
+def _parse_limits(limits: dict[str, Any], logging_table: dict[str, Any]) -> dict[str, Any]:
+    """Parse [limits] and [logging] audit_repeat_window_s into Config fields."""
+    defaults = Config()
+    _check_keys(limits, "limits", {"rate_per_second", "burst"})
+    rate = _get(limits, "limits", "rate_per_second", (int, float), defaults.rate_limit)
+    if not 0 <= rate <= 10_000:
+        raise ConfigError(
+            f"[limits] rate_per_second = {rate!r} is invalid: use 0..10000 requests "
+            "per second per uid (0 turns the limit off)"
+        )
+    burst = _get(limits, "limits", "burst", int, defaults.rate_burst)
+    if not 1 <= burst <= 100_000:
+        raise ConfigError(
+            f"[limits] burst = {burst!r} is invalid: use 1..100000 requests"
+        )
+    window = _get(
+        logging_table, "logging", "audit_repeat_window_s", (int, float),
+        defaults.audit_repeat_window,
+    )
+    if not 1 <= window <= 86_400:
+        raise ConfigError(
+            f"[logging] audit_repeat_window_s = {window!r} is invalid: use 1..86400 "
+            "seconds"
+        )
+    return {"rate_limit": float(rate), "rate_burst": burst, "audit_repeat_window": float(window)}
 
 
 def load_config(path: str | Path) -> Config:

@@ -34,10 +34,13 @@ from .errors import (
     NameTaken,
     NotFound,
     PolicyMismatch,
+    RateLimited,
+    ServiceStopping,
     TpmUnavailable,
 )
 from .keyservice import KeyService
 from .monitor import Event, LockEvent
+from .request_guard import RequestGuard
 from .vehicle_state import FactChange, FactView
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ ERROR_NAMES: list[tuple[type[KeyServiceError], str]] = [
     (InvalidArgument, ERROR_PREFIX + "InvalidArgument"),
     (PolicyMismatch, ERROR_PREFIX + "PolicyMismatch"),
     (TpmUnavailable, ERROR_PREFIX + "TpmUnavailable"),
+    (RateLimited, ERROR_PREFIX + "RateLimited"),
+    (ServiceStopping, ERROR_PREFIX + "Stopping"),
     (AccessDenied, "org.freedesktop.DBus.Error.AccessDenied"),
     (KeyServiceError, ERROR_PREFIX + "Failed"),
 ]
@@ -72,10 +77,14 @@ def to_dbus_error(err: KeyServiceError) -> DBusError:
 
 
 def _mapped_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Run a method through the interface's RequestGuard and map its errors."""
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any) -> Any:
+    async def wrapper(self: "KeyStorageInterface", *args: Any) -> Any:
         try:
-            return await fn(*args)
+            return await self.guard.run(
+                fn.__name__, args, self._caller, functools.partial(fn, self, *args)
+            )
         except KeyServiceError as err:
             raise to_dbus_error(err) from None
 
@@ -110,10 +119,13 @@ def vehicle_state_variant(views: dict[str, FactView]) -> dict[str, Variant]:
 class KeyStorageInterface(ServiceInterface):
     """org.webinos.KeyStorage1 on /org/webinos/KeyStorage1."""
 
-    def __init__(self, core: KeyService, callers: CallerCache) -> None:
+    def __init__(
+        self, core: KeyService, callers: CallerCache, guard: RequestGuard | None = None
+    ) -> None:
         super().__init__(INTERFACE)
         self._core = core
         self._callers = callers
+        self.guard = guard or RequestGuard()
         core.monitor.add_listener(self._on_vehicle_event)
 
     async def _caller(self) -> Caller:
@@ -216,7 +228,9 @@ async def _credentials(bus: MessageBus, unique_name: str) -> Caller:
     )
 
 
-async def serve(bus: MessageBus, core: KeyService) -> KeyStorageInterface:
+async def serve(
+    bus: MessageBus, core: KeyService, guard: RequestGuard | None = None
+) -> KeyStorageInterface:
     """Export the interface and own the bus name.
 
     Raises:
@@ -252,7 +266,7 @@ async def serve(bus: MessageBus, core: KeyService) -> KeyStorageInterface:
             ],
         )
     )
-    interface = KeyStorageInterface(core, callers)
+    interface = KeyStorageInterface(core, callers, guard)
     bus.export(OBJECT_PATH, interface)
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply != RequestNameReply.PRIMARY_OWNER:

@@ -54,3 +54,11 @@ class ConfigError(KeyServiceError, ValueError):
 
 class NameTaken(KeyServiceError):
     """Another process already owns the service's D-Bus name."""
+
+
+class RateLimited(KeyServiceError):
+    """The caller's uid sent more requests than ``[limits]`` allows."""
+
+
+class ServiceStopping(KeyServiceError):
+    """The service is shutting down and takes no new requests."""

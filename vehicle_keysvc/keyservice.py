@@ -77,7 +77,7 @@ class KeyService:
 
         decision = self.monitor.decision
         if decision.locked:
-            _LOGGER.info("refused Sign with key %r for %s: locked (%s)",
+            _LOGGER.debug("refused Sign with key %r for %s: locked (%s)",
                          key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
         epoch = self.monitor.lock_epoch
@@ -87,7 +87,7 @@ class KeyService:
             _LOGGER.info("discarded signature with key %r for %s: locked while "
                          "signing (%s)", key_id, caller, reason)
             raise Locked(f"keys were locked while signing: {reason}")
-        _LOGGER.info("signed with key %r for %s", key_id, caller)
+        _LOGGER.debug("signed with key %r for %s", key_id, caller)
         return signature
 
     async def generate_key(

@@ -1,0 +1,126 @@
+"""Configuration reload on SIGHUP, without dropping the bus name.
+
+The whole file is loaded and checked again with the same code as at start,
+and the new vehicle profile and gate are built, before anything changes. A
+file that fails any check is rejected and the running configuration stays.
+
+What a reload changes: the vehicle profile (its DBC, facts and E2E
+settings), the gate, ``[access] admin_uids``, ``[tpm] pcrs`` for new keys,
+the rate limit, the audit repeat window, the log level and the tick
+interval. The TPM, the D-Bus bus, the key folder and the CAN interface need
+a restart; a changed value there is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .can_source import CanStateSource
+from .config import Config, load_config
+from .errors import KeyServiceError
+from .gate import Gate
+from .keyservice import KeyService
+from .profile import Profile, load_profile
+from .request_guard import RequestGuard
+from .vehicle_state import VehicleState
+
+_LOGGER = logging.getLogger(__name__)
+
+# Config fields that only take effect at start, with their option names.
+RESTART_ONLY = {
+    "tcti": "[tpm] tcti",
+    "bus": "[dbus] bus",
+    "key_dir": "[storage] key_dir",
+    "can_interface": "[can] interface",
+    "can_channel": "[can] channel",
+    "can_options": "[can] options",
+}
+
+GateFactory = Callable[[Config, Profile], Gate]
+
+
+def default_gate(config: Config, profile: Profile) -> Gate:
+    return Gate(profile)
+
+
+@dataclass
+class RunningService:
+    """The parts of a running service that a reload may change."""
+
+    config: Config
+    config_path: Path
+    core: KeyService
+    source: CanStateSource
+    guard: RequestGuard
+    make_gate: GateFactory = default_gate
+
+
+def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
+    """Return what decides how frames decode: every Profile field and the DBC text."""
+    values = tuple(
+        (f.name, getattr(profile, f.name))
+        for f in dataclasses.fields(profile)
+        if f.name not in ("database", "notes", "path")
+    )
+    return values + (profile.database.as_dbc_string(),)
+
+
+async def reload_config(running: RunningService) -> bool:
+    """Load the config file again and apply what can change while running.
+
+    Returns False, with the running configuration unchanged, if the new
+    file, its profile or its DBC file is invalid.
+    """
+    path = running.config_path
+    try:
+        new = load_config(path)
+        profile = load_profile(new.profile)
+        gate = running.make_gate(new, profile)
+    except KeyServiceError as err:
+        _LOGGER.error("reload rejected, keeping the running configuration: %s", err)
+        return False
+
+    old = running.config
+    for name, option in RESTART_ONLY.items():
+        if getattr(old, name) != getattr(new, name):
+            _LOGGER.warning(
+                "reload: %s changed from %r to %r; restart the service to apply it",
+                option, getattr(old, name), getattr(new, name),
+            )
+            new = dataclasses.replace(new, **{name: getattr(old, name)})
+
+    core = running.core
+    monitor = core.monitor
+    profile_changed = profile_fingerprint(profile) != profile_fingerprint(monitor.profile)
+    filters_changed = profile.can_filters() != monitor.profile.can_filters()
+    if profile_changed:
+        # Facts decoded with the old profile may mean something else under
+        # the new one, so the keys stay locked until fresh frames arrive.
+        monitor.profile = profile
+        monitor.state = VehicleState(profile)
+    monitor.gate = gate
+    core.policy.admin_uids = new.admin_uids
+    core.pcr_selection = new.pcr_selection
+    running.guard.limiter.configure(new.rate_limit, new.rate_burst)
+    running.guard.audit.repeat_window = new.audit_repeat_window
+    running.source.tick_interval = new.tick_interval
+    logging.getLogger("vehicle_keysvc").setLevel(new.log_level)
+    running.config = new
+
+    if filters_changed:
+        # The CAN receive filters come from the profile, so the interface is
+        # opened again with the new ones.
+        await running.source.stop()
+        await running.source.start()
+    monitor.tick(monitor.current_time())
+    _LOGGER.info(
+        "reloaded %s: profile %r (%s), admins %s, rate limit %g/s burst %d",
+        path, profile.name, "changed" if profile_changed else "unchanged",
+        sorted(new.admin_uids), new.rate_limit, new.rate_burst,
+    )
+    return True
