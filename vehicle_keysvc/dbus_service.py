@@ -125,7 +125,7 @@ class KeyStorageInterface(ServiceInterface):
         super().__init__(INTERFACE)
         self._core = core
         self._callers = callers
-        self.guard = guard or RequestGuard()
+        self.guard = RequestGuard() if guard is None else guard
         core.monitor.add_listener(self._on_vehicle_event)
 
     async def _caller(self) -> Caller:

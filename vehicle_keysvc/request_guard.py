@@ -9,6 +9,7 @@ the requests in flight so that shutdown can wait for them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,8 @@ from .callers import Caller
 from .errors import ServiceStopping
 from .ratelimit import RateLimiter
 
+_LOGGER = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
@@ -24,8 +27,8 @@ class RequestGuard:
     """Admission, rate limit, audit and in-flight count of D-Bus requests."""
 
     def __init__(self, audit: AuditLog | None = None, limiter: RateLimiter | None = None) -> None:
-        self.audit = audit or AuditLog()
-        self.limiter = limiter or RateLimiter(rate=0.0, burst=1)
+        self.audit = AuditLog() if audit is None else audit
+        self.limiter = RateLimiter(rate=0.0, burst=1) if limiter is None else limiter
         self.in_flight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -56,6 +59,7 @@ class RequestGuard:
                     f"{method} rejected: the service is stopping; retry once it is back"
                 )
             caller = await identify()
+            _LOGGER.debug("%s from %s started", method, caller)
             self.limiter.check(caller.uid, method)
             result = await call()
         except Exception as err:
