@@ -89,7 +89,9 @@ async def run_service(
                 f"cannot connect to D-Bus bus {config.bus!r}: {err or type(err).__name__}; "
                 "check [dbus] bus and that the bus daemon runs"
             ) from err
-        await serve(bus, core, guard)
+        interface = await serve(bus, core, guard)
+        interface.tpm_info = await tpm.describe()
+        _LOGGER.info("TPM: %s", ", ".join(f"{k} {v}" for k, v in interface.tpm_info.items()))
         await source.start()
         background.append(loop.create_task(_flush_audit(guard), name="audit-flush"))
         if config_path is not None:

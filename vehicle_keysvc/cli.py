@@ -1,4 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay``."""
+"""Command line: ``vehicle-keysvc run | replay``, and the operator commands of cli_ops."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_ops import register_operator_commands
 from .config import load_config
 from .errors import KeyServiceError
 from .journal import use_journal_if_connected
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tick-ms", type=_positive_ms, default=20.0,
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
+    register_operator_commands(commands)
     return parser
 
 

@@ -126,6 +126,8 @@ class KeyStorageInterface(ServiceInterface):
         self._core = core
         self._callers = callers
         self.guard = RequestGuard() if guard is None else guard
+        # Fixed TPM properties (manufacturer, vendor, spec, firmware), read at start.
+        self.tpm_info: dict[str, str] = {}
         core.monitor.add_listener(self._on_vehicle_event)
 
     async def _caller(self) -> Caller:
@@ -175,6 +177,12 @@ class KeyStorageInterface(ServiceInterface):
         monitor = self._core.monitor
         now = monitor.current_time()
         return vehicle_state_variant(monitor.view(now))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TpmInfo(self) -> "a{sv}":  # noqa: F821
+        info = {name: Variant("s", value) for name, value in self.tpm_info.items()}
+        info["available"] = Variant("b", self._core.tpm.available)
+        return info
 
     @signal()
     def LockChanged(self, locked: bool, reason: str) -> "bs":  # noqa: F821
