@@ -202,3 +202,40 @@ def test_explain_tpm_unavailable() -> None:
     explained = explain(error, "system")
     assert explained.exit_code == EXIT_UNAVAILABLE
     assert str(explained) == "the TPM is recovering from a reset; retry in a few seconds"
+
+
+async def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, list(args), capture_output=True,
+                                   text=True, timeout=60)
+
+
+@pytest.mark.asyncio
+async def test_busctl_and_gdbus_equivalents(stack: Stack) -> None:
+    """The README's busctl and gdbus commands work, with --address for a private bus."""
+    address = stack.dbus.address
+    target = ["org.webinos.KeyStorage1", "/org/webinos/KeyStorage1", "org.webinos.KeyStorage1"]
+    gdbus = ["gdbus", "call", f"--address={address}", "--dest", "org.webinos.KeyStorage1",
+             "--object-path", "/org/webinos/KeyStorage1", "--method"]
+    await unlocked(stack)
+
+    generated = await run_tool("busctl", f"--address={address}", "call", *target,
+                               "GenerateKey", "ssa{sv}", "pzp", "ecc-p256", "1",
+                               "owner_uid", "u", "0")
+    locked = await run_tool("busctl", f"--address={address}", "get-property", *target,
+                            "Locked")
+    tpm = await run_tool("busctl", f"--address={address}", "get-property", *target,
+                         "TpmInfo")
+    listed = await run_tool(*gdbus, "org.webinos.KeyStorage1.ListKeys")
+    reason = await run_tool(*gdbus, "org.freedesktop.DBus.Properties.Get",
+                            "org.webinos.KeyStorage1", "LockReason")
+    signed = await run_tool(*gdbus, "org.webinos.KeyStorage1.Sign", "pzp",
+                            "[byte " + ", ".join(["0x01"] * 32) + "]", "ecdsa-sha256")
+
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.startswith("ay 91 48 89 ")  # a DER P-256 public key
+    assert locked.stdout.strip() == "b false"
+    assert '"manufacturer" s "IBM"' in tpm.stdout
+    assert listed.stdout.strip() == "(['pzp'],)"
+    assert "Vehicle.LowVoltageSystemState is ON" in reason.stdout
+    assert signed.returncode == 0, signed.stderr
+    assert signed.stdout.startswith("([byte 0x30, ")  # a DER ECDSA signature
