@@ -6,7 +6,7 @@ Run it after adding or changing a D-Bus method, property or signal:
     .venv/bin/python scripts/update-introspection.py
 
 It starts swtpm, a private dbus-daemon and the service (with python-can's
-virtual interface, so no CAN bus is needed), asks the service for its
+virtual interface, so no CAN bus is needed), requests the service's
 introspection data, and stops them all again.
 """
 
@@ -44,7 +44,7 @@ async def introspect(address: str) -> str:
             if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
                 return str(reply.body[0])
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{BUS_NAME} did not answer within {START_TIMEOUT:.0f} s")
+                raise TimeoutError(f"{BUS_NAME} did not reply within {START_TIMEOUT:.0f} s")
             await asyncio.sleep(0.1)
     finally:
         bus.disconnect()

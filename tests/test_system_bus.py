@@ -39,7 +39,7 @@ POLICY = REPO / "packaging" / "dbus" / "org.webinos.KeyStorage1.conf"
 ACTIVATION = REPO / "packaging" / "dbus" / "org.webinos.KeyStorage1.service"
 INTROSPECTION = REPO / "packaging" / "dbus" / "org.webinos.KeyStorage1.xml"
 PZP_UID = 65534  # nobody
-# An existing user: with dbus 1.14 the test bus never answered Hello from a
+# An existing user: with dbus 1.14 the test bus never replied to Hello from a
 # uid without a passwd entry.
 OTHER_UID = 1  # daemon
 DIGEST = hashlib.sha256(b"system bus").digest()

@@ -6,9 +6,9 @@ also carries its values as journal fields (``extra["journal_fields"]``),
 which :class:`vehicle_keysvc.journal.JournalHandler` sends as structured
 fields when journald is the log target.
 
-Repeated rejections are counted instead of logged one by one: the first
-rejection of a kind (same uid, method, key id and error) is logged, the
-repeats within ``repeat_window`` seconds are counted, and one summary
+Repeated rejections are counted instead of logged one by one. The first
+rejection of a kind (same uid, method, key id and error) is logged, and
+the repeats within ``repeat_window`` seconds are only counted. One summary
 line reports the count when the window ends.
 """
 
@@ -26,8 +26,8 @@ from .monitor import Event, LockEvent
 
 AUDIT_LOGGER = logging.getLogger("vehicle_keysvc.audit")
 
-# Errors that mean the service said no, as opposed to a request it could not
-# carry out (bad argument, missing key, TPM unreachable).
+# Errors that mean the service rejected the request, as opposed to a request
+# it could not carry out (bad argument, missing key, TPM unreachable).
 DENIALS: tuple[type[KeyServiceError], ...] = (AccessDenied, Locked, PolicyMismatch, RateLimited)
 
 # Methods that change nothing; their successes are logged at DEBUG only.

@@ -53,7 +53,7 @@ class OperatorError(Exception):
 
 
 def explain(error: KeyStorageError, bus: str) -> OperatorError:
-    """Turn a D-Bus error reply into a one-line message that says what to do."""
+    """Turn a D-Bus error reply into a one-line message with the next step to take."""
     if error.name in _NOT_RUNNING:
         return OperatorError(
             EXIT_UNAVAILABLE,

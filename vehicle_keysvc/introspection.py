@@ -1,6 +1,6 @@
 """The introspection XML of org.webinos.KeyStorage1, as shipped for code generators.
 
-``packaging/dbus/org.webinos.KeyStorage1.xml`` holds the interface as the
+``packaging/dbus/org.webinos.KeyStorage1.xml`` contains the interface as the
 running service describes it. :func:`interface_document` turns the reply
 of ``org.freedesktop.DBus.Introspectable.Introspect`` into that file's
 text, so the file and a live service compare as plain strings.

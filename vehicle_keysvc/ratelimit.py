@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .errors import RateLimited
 
 # Buckets of uids idle long enough to be full again are dropped once the
-# table holds this many, so that many uids cannot grow it without bound.
+# table contains this many, so that many uids cannot grow it without bound.
 MAX_TRACKED_UIDS = 1024
 
 

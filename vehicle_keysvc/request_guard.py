@@ -1,4 +1,4 @@
-"""What every D-Bus request passes through: drain, rate limit and audit.
+"""Checks around every D-Bus request: drain, rate limit and audit.
 
 The D-Bus front end runs each method inside :meth:`RequestGuard.run`. The
 guard rejects new requests once the service is stopping, takes a token from

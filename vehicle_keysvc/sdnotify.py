@@ -1,7 +1,7 @@
 """systemd readiness and watchdog notifications over ``$NOTIFY_SOCKET``.
 
 The protocol is a datagram of newline-separated ``NAME=value`` lines sent to
-the unix socket named in ``$NOTIFY_SOCKET``; a name that starts with ``@``
+the unix socket named in ``$NOTIFY_SOCKET``. A name that starts with ``@``
 is in the abstract namespace (sd_notify(3), systemd 252). Without that
 variable, as outside systemd, every call does nothing.
 """
