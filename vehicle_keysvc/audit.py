@@ -63,6 +63,8 @@ class AuditLog:
 
     def allowed(self, method: str, caller: Caller, key_id: str | None) -> None:
         level = logging.DEBUG if method in READ_ONLY_METHODS else logging.INFO
+        if not self._logger.isEnabledFor(level):
+            return  # skips formatting the line, the cost of most requests
         fields = _request_fields(method, caller, key_id, "allow", "")
         self._write(level, fields)
 
