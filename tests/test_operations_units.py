@@ -13,7 +13,15 @@ import pytest
 
 from vehicle_keysvc.audit import AuditLog
 from vehicle_keysvc.callers import Caller
-from vehicle_keysvc.errors import AccessDenied, Locked, NotFound, RateLimited, ServiceStopping
+from vehicle_keysvc.config import load_config
+from vehicle_keysvc.errors import (
+    AccessDenied,
+    ConfigError,
+    Locked,
+    NotFound,
+    RateLimited,
+    ServiceStopping,
+)
 from vehicle_keysvc.gate import Decision
 from vehicle_keysvc.journal import JournalHandler, encode_fields, stderr_is_journal
 from vehicle_keysvc.monitor import LockEvent
@@ -266,3 +274,29 @@ async def test_guard_applies_rate_limit(caplog: pytest.LogCaptureFixture) -> Non
     assert len(calls) == 1
     assert guard.in_flight == 0
     assert "decision=deny" in audit_lines(caplog)[-1]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[limits]\nrate_per_second = -1\n", "[limits] rate_per_second = -1 is invalid"),
+    ("[limits]\nburst = 0\n", "[limits] burst = 0 is invalid"),
+    ("[limits]\nburst = 2.5\n", "[limits] burst = 2.5 is invalid: expected a int"),
+    ("[limits]\nper_minute = 5\n", "[limits] has unknown option(s) per_minute"),
+    ("[logging]\naudit_repeat_window_s = 0\n",
+     "[logging] audit_repeat_window_s = 0 is invalid: use 1..86400 seconds"),
+])
+def test_limits_config_rejected(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "keysvc.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert message in str(caught.value)
+
+
+def test_limits_config_parsed(tmp_path: Path) -> None:
+    config = tmp_path / "keysvc.toml"
+    config.write_text("[limits]\nrate_per_second = 0.5\nburst = 3\n"
+                      "[logging]\naudit_repeat_window_s = 120\n")
+    loaded = load_config(config)
+    assert loaded.rate_limit == 0.5
+    assert loaded.rate_burst == 3
+    assert loaded.audit_repeat_window == 120.0
