@@ -124,16 +124,21 @@ async def test_sigterm_drains_request_in_flight(stack: Stack) -> None:
 @pytest.mark.asyncio
 async def test_sighup_applies_new_admins(stack: Stack) -> None:
     assert stack.service is not None
+    await unlocked(stack)
     pid = stack.service.proc.pid
     text = stack.config.read_text().replace("admin_uids = [0]", "admin_uids = [4242]")
     stack.config.write_text(text)
+    log_start = len(stack.service.log())
 
     stack.service.proc.send_signal(signal.SIGHUP)
     await wait_until(lambda: "reloaded " in stack.service.log(), timeout=30.0)
+    await asyncio.sleep(0.5)  # not a timing check: gives a wrong relock time to show
 
     with pytest.raises(KeyStorageError) as caught:
         await stack.client.generate_key("pzp", owner_uid=0)
     assert caught.value.name == "org.freedesktop.DBus.Error.AccessDenied"
+    # The profile did not change, so the decoded state stays and keys stay unlocked.
+    assert "keys locked" not in stack.service.log()[log_start:]
     assert stack.service.proc.pid == pid
     assert stack.service.proc.poll() is None
     assert await name_has_owner(stack.bus, "org.webinos.KeyStorage1")

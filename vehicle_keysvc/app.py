@@ -18,10 +18,9 @@ from .dbus_service import BUS_NAME, connect_bus, serve
 from .errors import KeyServiceError
 from .keyservice import KeyService
 from .keystore import KeyStore
-from .monitor import VehicleMonitor
 from .profile import load_profile
 from .ratelimit import RateLimiter
-from .reload import RunningService, default_gate, reload_config
+from .reload import RunningService, build_monitor, reload_config
 from .request_guard import RequestGuard
 from .sdnotify import SystemdNotifier
 from .tpm import TpmBackend
@@ -63,7 +62,7 @@ async def run_service(
         profile.name, profile.path, ", ".join(sorted(profile.facts)),
         "on" if profile.e2e_protected else "off (freshness only)",
     )
-    monitor = VehicleMonitor(profile, default_gate(config, profile))
+    monitor = build_monitor(config, profile)
     store = KeyStore(config.key_dir)
     store.load()
     tpm = TpmBackend(config.tcti)

@@ -25,9 +25,9 @@ from .config import Config, load_config
 from .errors import KeyServiceError
 from .gate import Gate
 from .keyservice import KeyService
+from .monitor import VehicleMonitor
 from .profile import Profile, load_profile
 from .request_guard import RequestGuard
-from .vehicle_state import VehicleState
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,11 +41,17 @@ RESTART_ONLY = {
     "can_options": "[can] options",
 }
 
-GateFactory = Callable[[Config, Profile], Gate]
+MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
+
+# Monitor attributes a reload keeps: the listeners (D-Bus signals, audit),
+# the current decision and lock epoch that requests in flight compare
+# against, and the clock that ages the facts.
+_KEPT_MONITOR_ATTRIBUTES = frozenset({"_listeners", "decision", "lock_epoch", "clock", "_last_time"})
 
 
-def default_gate(config: Config, profile: Profile) -> Gate:
-    return Gate(profile)
+def build_monitor(config: Config, profile: Profile) -> VehicleMonitor:
+    """Build the vehicle monitor and its gate from the config, at start and on reload."""
+    return VehicleMonitor(profile, Gate(profile))
 
 
 @dataclass
@@ -57,7 +63,7 @@ class RunningService:
     core: KeyService
     source: CanStateSource
     guard: RequestGuard
-    make_gate: GateFactory = default_gate
+    make_monitor: MonitorFactory = build_monitor
 
 
 def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
@@ -67,7 +73,13 @@ def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
         for f in dataclasses.fields(profile)
         if f.name not in ("database", "notes", "path")
     )
-    return values + (profile.database.as_dbc_string(),)
+    try:
+        dbc_text = profile.database.as_dbc_string()
+    except Exception:  # noqa: BLE001 - cantools raises various errors on dump
+        # A database that cannot be written out never compares equal, so
+        # the reload treats the profile as changed, which is the safe side.
+        dbc_text = object()
+    return values + (dbc_text,)
 
 
 async def reload_config(running: RunningService) -> bool:
@@ -80,7 +92,7 @@ async def reload_config(running: RunningService) -> bool:
     try:
         new = load_config(path)
         profile = load_profile(new.profile)
-        gate = running.make_gate(new, profile)
+        fresh = running.make_monitor(new, profile)
     except KeyServiceError as err:
         _LOGGER.error("reload rejected, keeping the running configuration: %s", err)
         return False
@@ -98,12 +110,15 @@ async def reload_config(running: RunningService) -> bool:
     monitor = core.monitor
     profile_changed = profile_fingerprint(profile) != profile_fingerprint(monitor.profile)
     filters_changed = profile.can_filters() != monitor.profile.can_filters()
-    if profile_changed:
-        # Facts decoded with the old profile may mean something else under
-        # the new one, so the keys stay locked until fresh frames arrive.
-        monitor.profile = profile
-        monitor.state = VehicleState(profile)
-    monitor.gate = gate
+    # The new monitor's gate and settings replace the old ones in place,
+    # because the D-Bus interface, the CAN source and the key service hold
+    # the old object. The decoded vehicle state stays unless the profile
+    # changed: facts decoded with the old profile may mean something else
+    # under the new one, so then the keys stay locked until fresh frames.
+    kept = _KEPT_MONITOR_ATTRIBUTES if profile_changed else _KEPT_MONITOR_ATTRIBUTES | {"state"}
+    for name, value in vars(fresh).items():
+        if name not in kept:
+            setattr(monitor, name, value)
     core.policy.admin_uids = new.admin_uids
     core.pcr_selection = new.pcr_selection
     running.guard.limiter.configure(new.rate_limit, new.rate_burst)
