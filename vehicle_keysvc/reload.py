@@ -115,9 +115,11 @@ async def reload_config(running: RunningService) -> bool:
     # the old object. The decoded vehicle state stays unless the profile
     # changed: facts decoded with the old profile may mean something else
     # under the new one, so then the keys stay locked until fresh frames.
-    kept = _KEPT_MONITOR_ATTRIBUTES if profile_changed else _KEPT_MONITOR_ATTRIBUTES | {"state"}
+    kept_attributes = (
+        _KEPT_MONITOR_ATTRIBUTES if profile_changed else _KEPT_MONITOR_ATTRIBUTES | {"state"}
+    )
     for name, value in vars(fresh).items():
-        if name not in kept:
+        if name not in kept_attributes:
             setattr(monitor, name, value)
     core.policy.admin_uids = new.admin_uids
     core.pcr_selection = new.pcr_selection
