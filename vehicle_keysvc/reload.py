@@ -46,6 +46,8 @@ MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
 # Monitor attributes a reload keeps: the listeners (D-Bus signals, audit),
 # the current decision and lock epoch that requests in flight compare
 # against, and the clock that ages the facts.
+# NOTE: this list follows VehicleMonitor's attributes. A new attribute that
+# stores a current lock decision must be added here, or a reload resets it.
 _KEPT_MONITOR_ATTRIBUTES = frozenset({"_listeners", "decision", "lock_epoch", "clock", "_last_time"})
 
 
