@@ -89,14 +89,20 @@ async def run_service(
                 "check [dbus] bus and that the bus daemon runs"
             ) from err
         interface = await serve(bus, core, guard)
-        interface.tpm_info = await tpm.describe()
-        _LOGGER.info("TPM: %s", ", ".join(f"{k} {v}" for k, v in interface.tpm_info.items()))
+        try:
+            interface.tpm_info = await tpm.describe()
+            _LOGGER.info("TPM: %s", ", ".join(f"{k} {v}" for k, v in interface.tpm_info.items()))
+        except KeyServiceError as err:
+            # Only the status output needs these; signing works without them.
+            _LOGGER.warning("cannot read the TPM's properties: %s", err)
         await source.start()
         background.append(loop.create_task(_flush_audit(guard), name="audit-flush"))
         if config_path is not None:
             background.append(loop.create_task(
                 _reload_on_sighup(running, notifier), name="sighup-reload"))
-        _LOGGER.info("vehicle-keysvc ready: %d key(s), %s", len(store.records()), monitor.decision.reason)
+        _LOGGER.info(
+            "vehicle-keysvc ready: %d key(s), %s", len(store.records()), monitor.decision.reason
+        )
         notifier.ready(f"serving {len(store.records())} key(s)")
         notifier.start_watchdog()
         await stop.wait()
