@@ -11,6 +11,7 @@ import sys
 from .config import load_config
 from .errors import KeyServiceError
 from .profile import load_profile
+from .logfiles import LogStats
 from .replay import read_frames, replay
 
 _LOGGER = logging.getLogger("vehicle_keysvc")
@@ -48,11 +49,20 @@ def _positive_ms(text: str) -> float:
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "WARNING")
     profile = load_profile(args.profile)
+    stats = LogStats(args.logfile)
     try:
-        timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
+        timeline = replay(
+            profile, read_frames(args.logfile, stats), tick=args.tick_ms / 1000.0
+        )
     except (OSError, ValueError) as err:
         print(f"vehicle-keysvc: error: cannot read {args.logfile}: {err}", file=sys.stderr)
         return 2
+    print(
+        f"{args.logfile}: {stats.frames} data frames, {stats.error_frames} error "
+        f"frames, {stats.remote_frames} remote frames, {len(stats.malformed)} "
+        "malformed lines skipped",
+        file=sys.stderr,
+    )
     if args.json:
         json.dump([e.as_dict() for e in timeline], sys.stdout, indent=1)
         sys.stdout.write("\n")
