@@ -2,7 +2,7 @@
 
 Real DBC files are messy: cantools rejects many in strict mode (overlapping
 signals, signals longer than their message), their comments and value
-labels are often Windows-1252 or Latin-1 text, and some messages cannot be
+labels are Windows-1252 or Latin-1 text, and some messages cannot be
 decoded at all. This module loads such files non-strict and records, per
 message, what is wrong with it, so the profile can reject a DBC only when a
 signal it maps is affected.
@@ -22,10 +22,11 @@ from .errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 
-# cantools reads DBC files as Windows-1252 by default. Latin-1 maps every
-# byte to a character, so it reads the files that Windows-1252 cannot
-# (bytes 0x81, 0x8D, 0x8F, 0x90 and 0x9D are undefined there).
-_ENCODINGS = ("cp1252", "latin-1")
+# DBC files are Windows-1252 text by convention, which is also how Latin-1
+# files read except for a few punctuation marks. cantools (45.1) opens them
+# with errors="replace", so a byte that is undefined in Windows-1252 becomes
+# U+FFFD in a comment or label instead of failing the load.
+DBC_ENCODING = "cp1252"
 
 
 @dataclass
@@ -35,7 +36,6 @@ class DbcFile:
     path: Path
     database: cantools.database.Database
     strict: bool
-    encoding: str
     # Message name -> why cantools's strict check rejects it.
     strict_errors: dict[str, str] = field(default_factory=dict)
     # Message name -> why a frame of the declared length cannot be decoded.
@@ -50,30 +50,22 @@ def load_dbc(path: Path) -> DbcFile:
     """
     if not path.is_file():
         raise ConfigError(f"DBC file {path} not found; fix 'dbc' in the profile")
-    last_error: Exception | None = None
-    for encoding in _ENCODINGS:
-        for strict in (True, False):
-            try:
-                database = cantools.database.load_file(
-                    str(path), database_format="dbc", encoding=encoding, strict=strict
-                )
-            except UnicodeDecodeError as err:
-                last_error = err
-                break  # the same bytes fail non-strict too: try the next encoding
-            except Exception as err:  # cantools raises several unrelated types
-                last_error = err
-                if strict:
-                    _LOGGER.warning(
-                        "DBC %s fails strict parsing (%s); loading it non-strict",
-                        path, err,
-                    )
-                continue
-            if encoding != _ENCODINGS[0]:
-                _LOGGER.info("DBC %s is not Windows-1252 text; read as %s", path, encoding)
-            dbc = DbcFile(path, database, strict, encoding)
-            _find_message_problems(dbc)
-            return dbc
-    raise ConfigError(f"DBC file {path} cannot be parsed: {last_error}")
+    for strict in (True, False):
+        try:
+            database = cantools.database.load_file(
+                str(path), database_format="dbc", encoding=DBC_ENCODING, strict=strict
+            )
+        except Exception as err:  # cantools raises several unrelated types
+            if not strict:
+                raise ConfigError(f"DBC file {path} cannot be parsed: {err}") from err
+            _LOGGER.warning(
+                "DBC %s fails strict parsing (%s); loading it non-strict", path, err
+            )
+            continue
+        dbc = DbcFile(path, database, strict)
+        _find_message_problems(dbc)
+        return dbc
+    raise AssertionError("the non-strict load returns or raises")
 
 
 def _find_message_problems(dbc: DbcFile) -> None:
