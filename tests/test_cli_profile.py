@@ -1,0 +1,100 @@
+"""The ``vehicle-keysvc profile check`` command."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DATA, REPO
+from test_cli import run_cli
+
+DBC = REPO / "dbc"
+
+
+def test_check_shipped_profiles_all_usable() -> None:
+    for name in ("reference", "ford_gt350", "chevrolet_camaro", "scion",
+                 "subaru_wrx", "hyundai_genesis", "vw_mqb"):
+        result = run_cli("profile", "check", str(DBC / f"{name}.profile.toml"))
+        assert result.returncode == 0, name + result.stdout + result.stderr
+        assert "UNUSABLE" not in result.stdout, name
+
+
+def test_check_text_report() -> None:
+    result = run_cli("profile", "check", str(DBC / "hyundai_genesis.profile.toml"))
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Hyundai Genesis (")
+    assert lines[1] == (
+        "  usable    Vehicle.LowVoltageSystemState from EMS1.SWI_IGK: SWI_IGK "
+        "little-endian 1-bit unsigned; 11-bit id 0x316, stale after 0.50 s "
+        "(25 x 20 ms)"
+    )
+    assert "CF_Clu_Vanz little-endian 9-bit unsigned, unit mph (profile) to km/h" in lines[3]
+    assert "  EMS2: unpacking failed" in lines
+    assert ("note: no Vehicle.Body.Alarm.IsActive: the gate follows "
+            "Vehicle.LowVoltageSystemState alone") in lines
+    assert result.stderr == ""
+
+
+def test_check_reports_unusable_signals(tmp_path) -> None:
+    profile = tmp_path / "bad.profile.toml"
+    profile.write_text(f"""\
+name = "bad"
+dbc = "{DBC / 'hyundai_i30_2014.dbc'}"
+
+[messages.EMS2]
+cycle_time_ms = 10
+
+[messages.CLU2]
+cycle_time_ms = 800
+
+[facts."Vehicle.LowVoltageSystemState"]
+message = "CLU2"
+signal = "CF_Clu_IGNSw"
+values = {{ Off = "OFF", 4 = "ON" }}
+
+[facts."Vehicle.Speed"]
+message = "EMS2"
+signal = "TQ_STND"
+unit = "km/h"
+
+[facts."Vehicle.Powertrain.Transmission.SelectedGear"]
+message = "TCU2"
+signal = "CUR_GR"
+values = {{ 1 = 127 }}
+""")
+    result = run_cli("profile", "check", str(profile), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    reasons = {s["fact"]: s["reason"] for s in report["signals"]}
+    usable = {s["fact"]: s["usable"] for s in report["signals"]}
+    assert usable == {
+        "Vehicle.LowVoltageSystemState": False,
+        "Vehicle.Speed": False,
+        "Vehicle.Powertrain.Transmission.SelectedGear": False,
+    }
+    assert reasons["Vehicle.LowVoltageSystemState"] == (
+        "'Off' is not a value label of CF_Clu_IGNSw; the DBC's labels are none "
+        "(use raw integers)"
+    )
+    assert reasons["Vehicle.Speed"] == "message 'EMS2' cannot be decoded: unpacking failed"
+    assert reasons["Vehicle.Powertrain.Transmission.SelectedGear"] == (
+        "message 'TCU2' has no cycle time in the DBC; set [messages.TCU2] "
+        "cycle_time_ms to its period in milliseconds"
+    )
+    assert report["undecodable_messages"] == {"EMS2": "unpacking failed"}
+    assert (f"{report['notes'][0]}" ==
+            "Vehicle.LowVoltageSystemState is not usable: the gate keeps every key locked")
+
+    text = run_cli("profile", "check", str(profile))
+    assert text.returncode == 1
+    assert "3 of 3 mapped signals are unusable" in text.stdout
+    run = run_cli("replay", "--profile", str(profile), str(DATA / "mphloggenesis.log"))
+    assert run.returncode == 2
+    assert "3 mapped signals cannot be used" in run.stderr
+    assert "profile check" in run.stderr
+
+
+def test_check_missing_profile_exits_2(tmp_path) -> None:
+    result = run_cli("profile", "check", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert "absent.toml not found" in result.stderr
+    assert "Traceback" not in result.stderr
