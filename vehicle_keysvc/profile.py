@@ -390,7 +390,7 @@ class _Loader:
         fact_stale = _number(table, "stale_after_cycles", None, where, above=1)
         if "sources" in table:
             source_tables = table["sources"]
-            misplaced = sorted(set(table) & _SOURCE_KEYS)
+            misplaced = sorted(set(table) & (_SOURCE_KEYS - {"stale_after_cycles"}))
             if misplaced:
                 raise ConfigError(
                     f"{where}: {', '.join(misplaced)} belong in each "
