@@ -98,3 +98,26 @@ def test_check_missing_profile_exits_2(tmp_path) -> None:
     assert result.returncode == 2
     assert "absent.toml not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_service_rejects_unusable_profile_at_start(tmp_path) -> None:
+    profile = tmp_path / "ems2.profile.toml"
+    profile.write_text(f"""\
+name = "ems2"
+dbc = "{DBC / 'hyundai_i30_2014.dbc'}"
+
+[messages.EMS2]
+cycle_time_ms = 10
+
+[facts."Vehicle.LowVoltageSystemState"]
+message = "EMS2"
+signal = "CAN_VERS"
+values = {{ 0 = "OFF", 1 = "ON" }}
+""")
+    config = tmp_path / "keysvc.toml"
+    config.write_text(f'[vehicle]\nprofile = "{profile}"\n')
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "1 mapped signals cannot be used" in result.stderr
+    assert "message 'EMS2' cannot be decoded: unpacking failed" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -22,9 +22,9 @@ from .errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 
-# DBC files are Windows-1252 text by convention, which is also how Latin-1
-# files read except for a few punctuation marks. cantools (45.1) opens them
-# with errors="replace", so a byte that is undefined in Windows-1252 becomes
+# DBC files are Windows-1252 text by convention. Latin-1 text reads the same
+# except for bytes 0x80 to 0x9F. cantools (45.1) opens the file with
+# errors="replace", so a byte that is undefined in Windows-1252 becomes
 # U+FFFD in a comment or label instead of failing the load.
 DBC_ENCODING = "cp1252"
 

@@ -31,7 +31,7 @@ _MAX_LOGGED = 10
 
 @dataclass
 class LogStats:
-    """What reading a recording skipped."""
+    """Counts of the frames read from one recording and the lines skipped."""
 
     path: str
     frames: int = 0

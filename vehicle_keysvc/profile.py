@@ -194,7 +194,7 @@ class FactMapping:
         return "+".join(self.sources[0].signals)
 
     def agree(self, first: Any, second: Any) -> bool:
-        """Tell whether two source values state the same fact."""
+        """Return True if two source values agree (within ``tolerance`` for numbers)."""
         numbers = (int, float)
         if (isinstance(first, numbers) and isinstance(second, numbers)
                 and not isinstance(first, bool) and not isinstance(second, bool)):

@@ -241,10 +241,10 @@ class VehicleState:
 
 
 def _cut_off(decoder: _MessageDecoder, data: bytes, absent: list[str]) -> bool:
-    """Tell whether signals absent from a decoded frame were cut off by its length.
+    """Return True if a short frame cut off signals absent from its decoding.
 
     A signal is cut off when it decodes once the frame is padded to the DBC
-    length; otherwise the frame's multiplexer value does not carry it.
+    length. Otherwise the frame's multiplexer value does not carry it.
     """
     length = decoder.message.length
     if len(data) >= length:
