@@ -95,6 +95,9 @@ def replay(
             )
 
     monitor.add_listener(record)
+    # The live service receives only the mapped ids (its CAN filters), so
+    # the replay passes only those to the monitor too.
+    mapped = {(m.frame_id, m.is_extended_id) for m in profile.messages.values()}
     next_tick = 0.0
     last = 0.0
     for frame in frames:
@@ -104,7 +107,8 @@ def replay(
         while next_tick < frame.timestamp:
             monitor.tick(next_tick)
             next_tick += tick
-        monitor.on_frame(frame, frame.timestamp)
+        if (frame.arbitration_id, frame.is_extended_id) in mapped:
+            monitor.on_frame(frame, frame.timestamp)
         last = frame.timestamp
     if start is not None:
         # Let the state run out after the last frame so staleness shows.
