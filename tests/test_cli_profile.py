@@ -121,3 +121,19 @@ values = {{ 0 = "OFF", 1 = "ON" }}
     assert "1 mapped signals cannot be used" in result.stderr
     assert "message 'EMS2' cannot be decoded: unpacking failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_unparsable_dbc_exits_2(tmp_path) -> None:
+    # A message name that starts with a digit is a syntax error for cantools
+    # (opendbc's mazda_2017.dbc has one).
+    dbc = tmp_path / "digit.dbc"
+    dbc.write_text('VERSION ""\n\nBU_: XXX\n\nBO_ 1275 2017_5: 8 XXX\n'
+                   ' SG_ Speed : 0|16@1+ (0.01,0) [0|655] "km/h" XXX\n')
+    profile = tmp_path / "digit.profile.toml"
+    profile.write_text(f'name = "d"\ndbc = "{dbc}"\n[facts."Vehicle.Speed"]\n'
+                       'message = "2017_5"\nsignal = "Speed"\n')
+    result = run_cli("profile", "check", str(profile))
+    assert result.returncode == 2
+    assert f"DBC file {dbc} cannot be parsed" in result.stderr
+    assert "Invalid syntax" in result.stderr
+    assert "Traceback" not in result.stderr
