@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import DATA, REPO
+from conftest import DATA, REFERENCE_PROFILE, REPO
+from sim.vehicle import ReferenceVehicle
 from test_cli import run_cli
 
 DBC = REPO / "dbc"
@@ -137,3 +138,31 @@ def test_check_unparsable_dbc_exits_2(tmp_path) -> None:
     assert f"DBC file {dbc} cannot be parsed" in result.stderr
     assert "Invalid syntax" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_replay_json_names_signal_and_e2e(tmp_path) -> None:
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED")
+    lines = []
+    for step in range(100):
+        now = 1000.0 + step * 0.01
+        for frame in vehicle.due_frames(now):
+            lines.append(f"({now:.6f}) can0 {frame.arbitration_id:03X}#{frame.data.hex()}\n")
+    log = tmp_path / "reference.log"
+    log.write_text("".join(lines))
+    result = run_cli("replay", "--profile", str(REFERENCE_PROFILE), str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    power = [e for e in json.loads(result.stdout)
+             if e["fact"] == "Vehicle.LowVoltageSystemState"]
+    assert {e["signal"] for e in power} == {"VCU_PowerMode.PowerMode"}
+    assert power[-1]["value"] == "ON"
+    assert power[-1]["e2e"] == "OK"
+    assert power[0]["value"] is None
+    assert power[0]["e2e"] is not None
+
+    ford = run_cli("replay", "--profile", str(DBC / "ford_gt350.profile.toml"),
+                   str(DATA / "lockunlockcycle.log"), "--json")
+    locks = [e for e in json.loads(ford.stdout)
+             if e["fact"] == "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked"]
+    assert locks[0]["signal"] == "Locking_Systems_2_FD1.Veh_Lock_Status"
+    assert locks[0]["e2e"] is None
