@@ -79,6 +79,18 @@ def test_combined_signals_key_order() -> None:
         None, "KEY_ON+KEY_ACC: raw values 1,1 are not mapped by the profile")
 
 
+def test_single_source_fact_accepts_fact_keys(tmp_path) -> None:
+    profile = camaro(tmp_path, POWER_FACT + """
+        [facts."Vehicle.Speed"]
+        message = "ECMVehicleSpeed"
+        signal = "VehicleSpeed"
+        combine = "any"
+        tolerance = 2.5
+        """)
+    assert profile.facts[SPEED].combine == "any"
+    assert profile.facts[SPEED].tolerance == 2.5
+
+
 def test_arrival_source_gives_constant(tmp_path) -> None:
     profile = camaro(tmp_path, """
         [facts."Vehicle.LowVoltageSystemState"]
@@ -149,6 +161,14 @@ def test_arrival_source_gives_constant(tmp_path) -> None:
      signal = "VehicleSpeed"
      tolerance = -1
      """, "'tolerance' must be at least 0"),
+    ("""
+     [messages.ECMPRDNL]
+     cycle_time = 100
+     [facts."Vehicle.Powertrain.Transmission.SelectedGear"]
+     message = "ECMPRDNL"
+     signal = "PRNDL"
+     values = { P = 126 }
+     """, r"\[messages.ECMPRDNL\] has unknown keys cycle_time"),
 ])
 def test_invalid_fact_tables_rejected(tmp_path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -414,7 +414,9 @@ class _Loader:
             source_where = where if len(source_tables) == 1 else f"{where} source {index + 1}"
             if not isinstance(source_table, dict):
                 raise ConfigError(f"{source_where}: must be a table")
-            source = self.source(fact, source_table, source_where, fact_stale)
+            # A single-source fact keeps the fact's own keys in the same table.
+            allowed = _SOURCE_KEYS if "sources" in table else _SOURCE_KEYS | _FACT_KEYS
+            source = self.source(fact, source_table, source_where, fact_stale, allowed)
             if source is not None:
                 sources.append(source)
         if len(sources) != len(source_tables):
@@ -422,12 +424,12 @@ class _Loader:
         return FactMapping(fact, tuple(sources), combine, tolerance)
 
     def source(self, fact: str, table: dict[str, Any], where: str,
-               fact_stale: float | None) -> SignalSource | None:
-        unknown = sorted(set(table) - _SOURCE_KEYS)
+               fact_stale: float | None, allowed: frozenset[str]) -> SignalSource | None:
+        unknown = sorted(set(table) - allowed)
         if unknown:
             raise ConfigError(
-                f"{where}: unknown keys {', '.join(unknown)}; a source has "
-                f"{', '.join(sorted(_SOURCE_KEYS))}"
+                f"{where}: unknown keys {', '.join(unknown)}; use "
+                f"{', '.join(sorted(allowed))}"
             )
         message_name = _require(table, "message", str, where)
         self.referenced.add(message_name)
@@ -551,6 +553,8 @@ _SOURCE_KEYS = frozenset(
     {"message", "signal", "values", "value", "factor", "offset", "unit",
      "stale_after_cycles"}
 )
+_FACT_KEYS = frozenset({"combine", "tolerance"})
+_MESSAGE_KEYS = frozenset({"cycle_time_ms", "e2e", "stale_after_cycles"})
 
 
 def _is_integer_text(text: str) -> bool:
@@ -671,6 +675,15 @@ def load_profile(path: str | Path, *, reject_unusable: bool = True) -> Profile:
     message_tables = data.get("messages", {})
     if not isinstance(message_tables, dict):
         raise ConfigError(f"{where}: 'messages' must be a table of [messages.NAME]")
+    for message_name, message_table in message_tables.items():
+        if not isinstance(message_table, dict):
+            raise ConfigError(f"{where}: [messages.{message_name}] must be a table")
+        unknown = sorted(set(message_table) - _MESSAGE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: [messages.{message_name}] has unknown keys "
+                f"{', '.join(unknown)}; use {', '.join(sorted(_MESSAGE_KEYS))}"
+            )
     loader = _Loader(where, dbc, message_tables, stale)
     facts = {}
     for fact, table in fact_tables.items():
