@@ -148,3 +148,20 @@ def test_replay_cli_reports_skipped_lines(tmp_path) -> None:
     assert "9383 data frames, 0 error frames, 0 remote frames, 1 malformed" in result.stderr
     assert "line 2 is malformed" in result.stderr
     assert "gate   UNLOCKED  Vehicle.LowVoltageSystemState is ON" in result.stdout
+
+
+def test_binary_garbage_line_skipped(tmp_path, caplog) -> None:
+    for name in ("2reverselog.trc", "logfile_errorframes.asc", "lockunlockcycle.log"):
+        source = DATA / name
+        lines = source.read_bytes().splitlines(keepends=True)
+        damaged = tmp_path / name
+        damaged.write_bytes(b"".join(lines[:20]) + b"\xff\xfe\x00 garbage\n"
+                            + b"".join(lines[20:]))
+        clean_count = len(list(read_log(source)))
+        stats = LogStats(str(damaged))
+        with caplog.at_level(logging.WARNING):
+            frames = list(read_log(damaged, stats))
+        assert len(frames) == clean_count, name
+        # The .asc reader ignores lines that do not look like a frame.
+        expected = [] if name.endswith(".asc") else [21]
+        assert stats.malformed == expected, name

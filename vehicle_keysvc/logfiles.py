@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import can
 from can.io.asc import ASCReader
@@ -69,8 +69,8 @@ class _CountingLines:
 
 
 class _TolerantTRCReader(TRCReader):
-    def __init__(self, path: Path, stats: LogStats) -> None:
-        super().__init__(path)
+    def __init__(self, file: TextIO, stats: LogStats) -> None:
+        super().__init__(file)
         self.lines = _CountingLines(self.file)
         self.file = self.lines  # type: ignore[assignment]
         self.stats = stats
@@ -85,8 +85,8 @@ class _TolerantTRCReader(TRCReader):
 
 
 class _TolerantASCReader(ASCReader):
-    def __init__(self, path: Path, stats: LogStats) -> None:
-        super().__init__(path)
+    def __init__(self, file: TextIO, stats: LogStats) -> None:
+        super().__init__(file)
         self.lines = _CountingLines(self.file)
         self.file = self.lines  # type: ignore[assignment]
         self.stats = stats
@@ -109,7 +109,7 @@ class _TolerantASCReader(ASCReader):
 
 
 def _read_candump(path: Path, stats: LogStats) -> Iterator[can.Message]:
-    with open(path, encoding="ascii", errors="replace") as file:
+    with _open_text(path) as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
@@ -121,6 +121,17 @@ def _read_candump(path: Path, stats: LogStats) -> Iterator[can.Message]:
                 stats.skip_line(number, line, err)
                 continue
             yield from frames
+
+
+def _open_text(path: Path) -> TextIO:
+    # A byte that is not UTF-8 becomes U+FFFD, so its line fails to parse
+    # and is skipped instead of ending the file.
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _read_text(path: Path, stats: LogStats, reader_type: type) -> Iterator[can.Message]:
+    with _open_text(path) as file:
+        yield from reader_type(file, stats)
 
 
 def _read_blf(path: Path, stats: LogStats) -> Iterator[can.Message]:
@@ -151,9 +162,9 @@ def read_log(path: str | Path, stats: LogStats | None = None) -> Iterator[can.Me
     elif suffix == ".blf":
         frames = _read_blf(path, stats)
     elif suffix == ".trc":
-        frames = iter(_TolerantTRCReader(path, stats))
+        frames = _read_text(path, stats, _TolerantTRCReader)
     elif suffix == ".asc":
-        frames = iter(_TolerantASCReader(path, stats))
+        frames = _read_text(path, stats, _TolerantASCReader)
     else:
         frames = iter(can.LogReader(str(path)))
     for frame in frames:
