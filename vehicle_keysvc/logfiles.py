@@ -124,8 +124,8 @@ def _read_candump(path: Path, stats: LogStats) -> Iterator[can.Message]:
 
 
 def _open_text(path: Path) -> TextIO:
-    # A byte that is not UTF-8 becomes U+FFFD, so its line fails to parse
-    # and is skipped instead of ending the file.
+    # A byte that is not UTF-8 becomes U+FFFD instead of ending the file.
+    # Its line is then skipped as malformed (or, in .asc, as not a frame).
     return open(path, encoding="utf-8", errors="replace")
 
 
