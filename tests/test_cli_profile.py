@@ -28,7 +28,8 @@ def test_check_text_report() -> None:
         "little-endian 1-bit unsigned; 11-bit id 0x316, stale after 0.50 s "
         "(25 x 20 ms)"
     )
-    assert "CF_Clu_Vanz little-endian 9-bit unsigned, unit mph (profile) to km/h" in lines[3]
+    assert ("CF_Clu_Vanz little-endian 9-bit unsigned, unit from CF_Clu_SPEED_UNIT "
+            "(0 km/h, 1 mph) to km/h") in lines[3]
     assert "  EMS2: unpacking failed" in lines
     assert ("note: no Vehicle.Body.Alarm.IsActive: the gate follows "
             "Vehicle.LowVoltageSystemState alone") in lines

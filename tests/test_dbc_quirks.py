@@ -107,20 +107,46 @@ def test_contradicting_power_signals_lock_naming_both() -> None:
     )
 
 
-def test_speed_in_wrong_unit_contradicts() -> None:
+def test_speeds_beyond_tolerance_contradict() -> None:
     profile = load_profile(DBC / "hyundai_genesis.profile.toml")
     database = profile.database
     monitor = VehicleMonitor(profile)
     monitor.on_frame(frame(database, "EMS1", {"SWI_IGK": 1, "VS": 100}), 1.0)
-    # The cluster set to km/h while the profile expects mph: 100 reads as 160.9.
-    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 100}), 1.01)
+    # 100 mph is 160.9 km/h: more than 10 km/h from the engine's speed.
+    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 100,
+                                              "CF_Clu_SPEED_UNIT": 1}), 1.01)
     view = monitor.view(1.02)[SPEED]
     assert view.value is None
     assert "EMS1.VS is 100.0 but CLU1.CF_Clu_Vanz is 160.9" in view.problem
-    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 62}), 1.03)
+    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 62,
+                                              "CF_Clu_SPEED_UNIT": 1}), 1.03)
     view = monitor.view(1.04)[SPEED]
     assert view.value == 100.0
     assert view.problem is None
+
+
+def test_unit_read_from_unit_signal(tmp_path) -> None:
+    path = write_profile(tmp_path, DBC / "hyundai_i30_2014.dbc", """
+        [messages.CLU1]
+        cycle_time_ms = 20
+
+        [facts."Vehicle.Speed"]
+        message = "CLU1"
+        signal = "CF_Clu_Vanz"
+        unit_signal = "CF_Clu_SPEED_UNIT"
+        unit_values = { 0 = "km/h", 1 = "mph" }
+        """)
+    state = speed_state(path)
+    database = state.profile.database
+    kmh = frame(database, "CLU1", {"CF_Clu_Vanz": 50, "CF_Clu_SPEED_UNIT": 0})
+    assert speed_after(state, [kmh], 1.0).value == 50.0
+    mph = frame(database, "CLU1", {"CF_Clu_Vanz": 50, "CF_Clu_SPEED_UNIT": 1})
+    assert speed_after(state, [mph], 1.1).value == pytest.approx(80.4672)
+    # A 1-byte frame carries the unit flag (bit 6) but not the speed.
+    short = can.Message(arbitration_id=0x4F0, data=b"\x40", is_extended_id=False)
+    view = speed_after(state, [short], 1.2)
+    assert view.value is None
+    assert view.problem == "CF_Clu_Vanz is missing from a 1-byte frame of CLU1"
 
 
 def test_any_falls_back_to_next_source() -> None:
@@ -128,7 +154,8 @@ def test_any_falls_back_to_next_source() -> None:
     database = profile.database
     monitor = VehicleMonitor(profile)
     monitor.on_frame(frame(database, "EMS1", {"SWI_IGK": 1, "VS": 40}), 1.0)
-    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 25}), 1.0)
+    monitor.on_frame(frame(database, "CLU1", {"CF_Clu_Vanz": 25,
+                                              "CF_Clu_SPEED_UNIT": 1}), 1.0)
     # EMS1 is stale after 0.5 s, CLU1 after 1 s: the cluster's speed is used.
     view = monitor.view(1.7)[SPEED]
     assert view.value == pytest.approx(25 * 1.609344)

@@ -175,6 +175,33 @@ def test_invalid_fact_tables_rejected(tmp_path, body: str, message: str) -> None
         camaro(tmp_path, body)
 
 
+def test_unknown_unit_signal_value_is_invalid() -> None:
+    source = SignalSource(SPEED, "CLU1", ("CF_Clu_Vanz",), unit_signal="CF_Clu_SPEED_UNIT",
+                          unit_factors={"1": 1.609344})
+    assert source.required_signals == ("CF_Clu_Vanz", "CF_Clu_SPEED_UNIT")
+    assert source.convert({"CF_Clu_Vanz": 10.0, "CF_Clu_SPEED_UNIT": 0}) == (
+        None, "CF_Clu_SPEED_UNIT: raw value 0 is not a unit in the profile")
+
+
+@pytest.mark.parametrize("keys,message", [
+    ('unit_signal = "VehicleSpeedLeft"', "set both 'unit_signal'"),
+    ('unit_signal = "VehicleSpeedLeft"\nunit_values = { 0 = "furlongs" }',
+     "unit_values entry 0 = 'furlongs' is invalid"),
+    ('unit_signal = "VehicleSpeedLeft"\nunit_values = { 0 = "mph" }\nunit = "mph"',
+     "'unit_signal' applies to a Vehicle.Speed source of one signal"),
+    ('unit_signal = "Absent"\nunit_values = { 0 = "mph" }',
+     "signal 'Absent' is not in message 'ECMVehicleSpeed'"),
+])
+def test_invalid_unit_signal_rejected(tmp_path, keys: str, message: str) -> None:
+    body = POWER_FACT + """
+        [facts."Vehicle.Speed"]
+        message = "ECMVehicleSpeed"
+        signal = "VehicleSpeed"
+        """ + "\n".join("        " + line for line in keys.splitlines()) + "\n"
+    with pytest.raises(ConfigError, match=message):
+        camaro(tmp_path, body)
+
+
 def test_misspelled_label_is_unusable(tmp_path) -> None:
     body = """
         [facts."Vehicle.LowVoltageSystemState"]

@@ -118,6 +118,10 @@ class SignalSource:
     offset: float = 0.0
     unit_factor: float = 1.0  # from the signal's unit to the fact's unit
     constant: Any = None
+    # A signal in the same message that gives the unit, and the factor to
+    # the fact's unit for each of its raw values; it replaces unit_factor.
+    unit_signal: str | None = None
+    unit_factors: dict[str, float] | None = None
     max_age: float = math.inf  # seconds after the last frame until stale
 
     @property
@@ -126,6 +130,13 @@ class SignalSource:
         if not self.signals:
             return self.message
         return f"{self.message}.{'+'.join(self.signals)}"
+
+    @property
+    def required_signals(self) -> tuple[str, ...]:
+        """Signals a frame must carry for this source: its own and the unit's."""
+        if self.unit_signal is None:
+            return self.signals
+        return (*self.signals, self.unit_signal)
 
     def convert(self, decoded: dict[str, Any]) -> tuple[Any, str | None]:
         """Convert a frame's decoded signals to the fact's value.
@@ -139,10 +150,20 @@ class SignalSource:
         if len(self.signals) > 1:
             return self._convert_combined(decoded)
         signal = self.signals[0]
-        value, problem = self._convert_one(decoded[signal])
+        unit_factor = self.unit_factor
+        if self.unit_signal is not None:
+            assert self.unit_factors is not None
+            raw_unit = decoded[self.unit_signal]
+            key = _raw_key(getattr(raw_unit, "value", raw_unit))
+            if key not in self.unit_factors:
+                return None, (
+                    f"{self.unit_signal}: raw value {key} is not a unit in the profile"
+                )
+            unit_factor = self.unit_factors[key]
+        value, problem = self._convert_one(decoded[signal], unit_factor)
         return value, (None if problem is None else f"{signal}: {problem}")
 
-    def _convert_one(self, decoded: Any) -> tuple[Any, str | None]:
+    def _convert_one(self, decoded: Any, unit_factor: float) -> tuple[Any, str | None]:
         if self.values is not None:
             label = getattr(decoded, "name", None)
             raw = getattr(decoded, "value", decoded)
@@ -155,7 +176,7 @@ class SignalSource:
         number = getattr(decoded, "value", decoded)
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             return None, f"value {decoded!r} is not a number"
-        value = (number * self.factor + self.offset) * self.unit_factor
+        value = (number * self.factor + self.offset) * unit_factor
         target = FACT_TYPES[self.fact]
         return (target(value) if target in (int, float) else value), None
 
@@ -472,6 +493,8 @@ class _Loader:
             offset=spec.offset,
             unit_factor=unit_factor,
             constant=spec.constant,
+            unit_signal=spec.unit_signal,
+            unit_factors=spec.unit_factors,
             max_age=settings.cycle_time * cycles,
         )
         self.checks.append(SignalCheck(
@@ -485,7 +508,8 @@ class _Loader:
             message = database.get_message_by_name(message_name)
         except KeyError:
             return f"message '{message_name}' is not in the DBC"
-        for signal_name in signals:
+        wanted = (*signals, spec.unit_signal) if spec.unit_signal else signals
+        for signal_name in wanted:
             try:
                 message.get_signal_by_name(signal_name)
             except KeyError:
@@ -496,7 +520,7 @@ class _Loader:
                 f"{self.dbc.undecodable[message_name]}"
             )
         strict_error = self.dbc.strict_errors.get(message_name, "")
-        for signal_name in signals:
+        for signal_name in wanted:
             if signal_name in strict_error.replace(".", " ").split():
                 return f"the DBC is inconsistent for this signal: {strict_error}"
         if spec.values is not None and len(signals) == 1:
@@ -510,7 +534,8 @@ class _Loader:
                     f"'{key}' is not a value label of {signals[0]}; the DBC's "
                     f"labels are {known}"
                 )
-        if fact == SPEED and spec.values is None and signals and spec.unit is None:
+        if (fact == SPEED and spec.values is None and signals and spec.unit is None
+                and spec.unit_signal is None):
             unit = message.get_signal_by_name(signals[0]).unit or ""
             if unit.lower() not in SPEED_UNITS:
                 return (
@@ -524,6 +549,10 @@ class _Loader:
               spec: _ValueSpec) -> tuple[float, str]:
         if fact != SPEED or spec.values is not None or not signals:
             return 1.0, ""
+        if spec.unit_signal is not None:
+            assert spec.unit_names is not None
+            units = ", ".join(f"{k} {v}" for k, v in spec.unit_names.items())
+            return 1.0, f", unit from {spec.unit_signal} ({units}) to km/h"
         message = self.dbc.database.get_message_by_name(message_name)
         unit = spec.unit or message.get_signal_by_name(signals[0]).unit or ""
         factor = SPEED_UNITS[unit.lower()]
@@ -551,7 +580,7 @@ class _Loader:
 
 _SOURCE_KEYS = frozenset(
     {"message", "signal", "values", "value", "factor", "offset", "unit",
-     "stale_after_cycles"}
+     "unit_signal", "unit_values", "stale_after_cycles"}
 )
 _FACT_KEYS = frozenset({"combine", "tolerance"})
 _MESSAGE_KEYS = frozenset({"cycle_time_ms", "e2e", "stale_after_cycles"})
@@ -594,6 +623,9 @@ class _ValueSpec:
     offset: float
     unit: str | None
     constant: Any
+    unit_signal: str | None = None
+    unit_names: dict[str, str] | None = None
+    unit_factors: dict[str, float] | None = None
 
     @classmethod
     def parse(cls, fact: str, table: dict[str, Any], signals: tuple[str, ...],
@@ -629,8 +661,40 @@ class _ValueSpec:
                     f"{where}: unit = {unit!r} is invalid; 'unit' applies to "
                     f"{SPEED} only and is one of {', '.join(SPEED_UNITS)}"
                 )
+        unit_signal, unit_names = _unit_signal(fact, table, signals, unit, where)
+        unit_factors = None
+        if unit_names is not None:
+            unit_factors = {k: SPEED_UNITS[v.lower()] for k, v in unit_names.items()}
         assert factor is not None and offset is not None
-        return cls(values, factor, offset, unit, constant)
+        return cls(values, factor, offset, unit, constant, unit_signal, unit_names,
+                   unit_factors)
+
+
+def _unit_signal(fact: str, table: dict[str, Any], signals: tuple[str, ...],
+                 unit: str | None, where: str) -> tuple[str | None, dict[str, str] | None]:
+    """Return the unit signal and its raw value to unit table, if the source has one."""
+    unit_signal = table.get("unit_signal")
+    unit_values = table.get("unit_values")
+    if unit_signal is None and unit_values is None:
+        return None, None
+    if fact != SPEED or len(signals) != 1 or "values" in table or unit is not None:
+        raise ConfigError(
+            f"{where}: 'unit_signal' applies to a {SPEED} source of one signal "
+            "without 'values' or 'unit'"
+        )
+    if not isinstance(unit_signal, str) or not isinstance(unit_values, dict) or not unit_values:
+        raise ConfigError(
+            f"{where}: set both 'unit_signal' (a signal name) and 'unit_values' "
+            "(its raw values to units), e.g. { 0 = \"km/h\", 1 = \"mph\" }"
+        )
+    for key, name in unit_values.items():
+        known = isinstance(name, str) and name.lower() in SPEED_UNITS
+        if not _is_integer_text(key) or not known:
+            raise ConfigError(
+                f"{where}: unit_values entry {key} = {name!r} is invalid; keys are "
+                f"raw integers and units are one of {', '.join(SPEED_UNITS)}"
+            )
+    return unit_signal, dict(unit_values)
 
 
 def _check_combined_keys(values: dict[str, Any], count: int, where: str) -> None:

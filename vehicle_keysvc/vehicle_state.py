@@ -173,7 +173,7 @@ class VehicleState:
         for source in decoder.sources:
             value, problem = None, frame_problem
             if problem is None:
-                absent = [s for s in source.signals if s not in signals]
+                absent = [s for s in source.required_signals if s not in signals]
                 if absent and not _cut_off(decoder, data, absent):
                     continue  # another multiplexer value: not in this frame
                 if absent:
