@@ -118,8 +118,8 @@ class SignalSource:
     offset: float = 0.0
     unit_factor: float = 1.0  # from the signal's unit to the fact's unit
     constant: Any = None
-    # A signal in the same message that gives the unit, and the factor to
-    # the fact's unit for each of its raw values; it replaces unit_factor.
+    # A signal in the same message that gives the unit, with the factor to
+    # the fact's unit for each of its raw values. It replaces unit_factor.
     unit_signal: str | None = None
     unit_factors: dict[str, float] | None = None
     max_age: float = math.inf  # seconds after the last frame until stale
@@ -508,8 +508,8 @@ class _Loader:
             message = database.get_message_by_name(message_name)
         except KeyError:
             return f"message '{message_name}' is not in the DBC"
-        wanted = (*signals, spec.unit_signal) if spec.unit_signal else signals
-        for signal_name in wanted:
+        needed = (*signals, spec.unit_signal) if spec.unit_signal else signals
+        for signal_name in needed:
             try:
                 message.get_signal_by_name(signal_name)
             except KeyError:
@@ -520,7 +520,7 @@ class _Loader:
                 f"{self.dbc.undecodable[message_name]}"
             )
         strict_error = self.dbc.strict_errors.get(message_name, "")
-        for signal_name in wanted:
+        for signal_name in needed:
             if signal_name in strict_error.replace(".", " ").split():
                 return f"the DBC is inconsistent for this signal: {strict_error}"
         if spec.values is not None and len(signals) == 1:
@@ -711,8 +711,8 @@ def load_profile(path: str | Path, *, reject_unusable: bool = True) -> Profile:
     """Load a profile and its DBC file and check every mapped signal.
 
     With ``reject_unusable`` false, mapped signals that cannot be used are
-    left out of the profile and listed in ``Profile.checks`` instead of
-    raising; ``vehicle-keysvc profile check`` reports them that way.
+    left out of the profile and listed in ``Profile.checks``, which is how
+    ``vehicle-keysvc profile check`` reports them.
 
     Raises:
         ConfigError: the file is missing, not TOML, names a fact or value
