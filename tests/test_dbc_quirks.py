@@ -2,7 +2,8 @@
 
 Short frames, raw values outside the value table, signals that disagree,
 DBC files that cantools refuses in strict mode, non-UTF-8 DBC text, CAN FD
-flags, signed and big-endian signals, 29-bit ids and multiplexed messages.
+flags, signed, big-endian and float signals, 29-bit ids and multiplexed
+messages.
 """
 
 from __future__ import annotations
@@ -280,6 +281,23 @@ def test_signed_signals_keep_their_sign(tmp_path, signal: str, raw: int) -> None
     state = speed_state(path)
     message = frame(state.profile.database, "Message378910", {signal: raw})
     assert speed_after(state, [message], 1.0).value == float(raw)
+
+
+@pytest.mark.parametrize("message,signal", [("Message1", "Signal1"), ("Message2", "Signal2")])
+def test_float_signals_decode(tmp_path, message: str, signal: str) -> None:
+    # Message1.Signal1 is an IEEE float64, Message2.Signal2 a float32.
+    path = write_profile(tmp_path, DATA / "floating_point.dbc", f"""
+        [messages.{message}]
+        cycle_time_ms = 100
+
+        [facts."Vehicle.Speed"]
+        message = "{message}"
+        signal = "{signal}"
+        unit = "km/h"
+        """)
+    state = speed_state(path)
+    encoded = frame(state.profile.database, message, {signal: 87.25})
+    assert speed_after(state, [encoded], 1.0).value == 87.25
 
 
 def test_speed_without_known_unit_is_unusable(tmp_path) -> None:
