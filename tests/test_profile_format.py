@@ -202,6 +202,11 @@ def test_invalid_unit_signal_rejected(tmp_path, keys: str, message: str) -> None
         camaro(tmp_path, body)
 
 
+def test_unknown_top_level_key_rejected(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown keys stale_after_cycle; use "):
+        camaro(tmp_path, "stale_after_cycle = 5\n" + POWER_FACT)
+
+
 def test_misspelled_label_is_unusable(tmp_path) -> None:
     body = """
         [facts."Vehicle.LowVoltageSystemState"]

@@ -583,6 +583,9 @@ _SOURCE_KEYS = frozenset(
      "unit_signal", "unit_values", "stale_after_cycles"}
 )
 _FACT_KEYS = frozenset({"combine", "tolerance"})
+_PROFILE_KEYS = frozenset(
+    {"name", "dbc", "stale_after_cycles", "e2e_protected", "notes", "messages", "facts"}
+)
 _MESSAGE_KEYS = frozenset({"cycle_time_ms", "e2e", "stale_after_cycles"})
 
 
@@ -728,6 +731,12 @@ def load_profile(path: str | Path, *, reject_unusable: bool = True) -> Profile:
         raise ConfigError(f"profile {path} is not valid TOML: {err}") from err
 
     where = str(path)
+    unknown = sorted(set(data) - _PROFILE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown keys {', '.join(unknown)}; use "
+            f"{', '.join(sorted(_PROFILE_KEYS))}"
+        )
     name = _require(data, "name", str, where)
     dbc = load_dbc((path.parent / _require(data, "dbc", str, where)).resolve())
     stale = _number(data, "stale_after_cycles", 3.0, where, above=1)
