@@ -219,3 +219,12 @@ def test_misspelled_label_is_unusable(tmp_path) -> None:
     profile = camaro(tmp_path, body, reject_unusable=False)
     assert profile.checks[0].usable is False
     assert "the DBC's labels are Accessory, Crank Request, Off, Run" in profile.checks[0].reason
+
+
+def test_facts_in_message_covers_every_source() -> None:
+    profile = load_profile(REPO / "dbc" / "chevrolet_camaro.profile.toml")
+    gear = "Vehicle.Powertrain.Transmission.SelectedGear"
+    assert profile.facts_in_message("ECMPRDNL") == (gear,)
+    assert profile.facts_in_message("ECMPRDNL2") == (gear,)
+    assert profile.facts_in_message("BCMGeneralPlatformStatus") == (POWER,)
+    assert profile.facts_in_message("VIN_Part1") == ()

@@ -258,6 +258,13 @@ class Profile:
         """Largest time in seconds that any source stays fresh."""
         return max(s.max_age for f in self.facts.values() for s in f.sources)
 
+    def facts_in_message(self, message: str) -> tuple[str, ...]:
+        """Return the facts that have a source in ``message``."""
+        return tuple(
+            fact for fact, mapping in self.facts.items()
+            if any(source.message == message for source in mapping.sources)
+        )
+
     def can_filters(self) -> list[dict[str, Any]]:
         """Return python-can receive filters that pass only the mapped ids."""
         filters = []
