@@ -149,10 +149,15 @@ class VehicleState:
         for settings in profile.messages.values():
             key = (settings.frame_id, settings.is_extended_id)
             self._decoders[key] = _MessageDecoder(profile, settings)
-        self._readings: dict[SignalSource, FactReading] = {
+        self._source_readings: dict[SignalSource, FactReading] = {
             source: FactReading(fact, source.message, "+".join(source.signals))
             for fact, mapping in profile.facts.items()
             for source in mapping.sources
+        }
+        # The reading of each fact's first source, by fact.
+        self._readings: dict[str, FactReading] = {
+            fact: self._source_readings[mapping.sources[0]]
+            for fact, mapping in profile.facts.items()
         }
         self.latest_time: float | None = None
 
@@ -183,7 +188,7 @@ class VehicleState:
                     )
                 else:
                     value, problem = source.convert(signals)
-            reading = self._readings[source]
+            reading = self._source_readings[source]
             reading.value = None if problem is not None else value
             reading.problem = problem
             reading.timestamp, reading.e2e_status = now, status
@@ -203,7 +208,7 @@ class VehicleState:
         return {fact: self._fact_view(fact, now) for fact in self.profile.facts}
 
     def _source_view(self, source: SignalSource, now: float) -> FactView:
-        reading = self._readings[source]
+        reading = self._source_readings[source]
         age = None if reading.timestamp is None else max(0.0, now - reading.timestamp)
         return FactView(
             fact=source.fact,
