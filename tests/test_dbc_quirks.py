@@ -96,8 +96,11 @@ def test_contradicting_power_signals_lock_naming_both() -> None:
     profile = load_profile(DBC / "chevrolet_camaro.profile.toml")
     database = profile.database
     monitor = VehicleMonitor(profile)
-    monitor.on_frame(frame(database, "BCMGeneralPlatformStatus",
-                           {"SystemPowerMode": "Run", "SystemBackUpPowerMode": "Run"}), 1.0)
+    run = frame(database, "BCMGeneralPlatformStatus",
+                {"SystemPowerMode": "Run", "SystemBackUpPowerMode": "Run"})
+    # Several agreeing frames, so that a gate that debounces unlocks too.
+    for step in range(5):
+        monitor.on_frame(run, 1.0 + step * 0.02)
     assert monitor.locked is False
     monitor.on_frame(frame(database, "BCMGeneralPlatformStatus",
                            {"SystemPowerMode": "Run", "SystemBackUpPowerMode": "Off"}), 1.1)
@@ -254,10 +257,12 @@ def test_fd_flagged_messages_decode_classic_frames(tmp_path) -> None:
     database = profile.database
     assert database.get_message_by_name("TestMsg_FDEx").is_fd is True
     monitor = VehicleMonitor(profile)
-    monitor.on_frame(frame(database, "TestMsg_FDEx", {"TestSig": 1}, is_fd=False), 1.0)
-    monitor.on_frame(frame(database, "TestMsg_FDStd", {"TestSig_Copy_2": 42}, is_fd=True,
-                           bitrate_switch=True), 1.0)
-    views = monitor.view(1.0)
+    for step in range(5):
+        now = 1.0 + step * 0.02
+        monitor.on_frame(frame(database, "TestMsg_FDEx", {"TestSig": 1}, is_fd=False), now)
+        monitor.on_frame(frame(database, "TestMsg_FDStd", {"TestSig_Copy_2": 42},
+                               is_fd=True, bitrate_switch=True), now)
+    views = monitor.view(1.08)
     assert views[POWER].value == "ON"
     assert views[SPEED].value == 42.0
     assert monitor.locked is False
@@ -374,11 +379,12 @@ def test_multiplex_2_extended_ids(tmp_path) -> None:
     profile = load_profile(path)
     database = profile.database
     monitor = VehicleMonitor(profile)
-    monitor.on_frame(frame(database, "Normal", {"S0": 1, "S2": 3}), 1.0)
+    for step in range(5):
+        monitor.on_frame(frame(database, "Normal", {"S0": 1, "S2": 3}), 1.0 + step * 0.01)
     assert monitor.locked is False
-    monitor.on_frame(frame(database, "Normal", {"S0": 0, "S1": 3}), 1.02)
+    monitor.on_frame(frame(database, "Normal", {"S0": 0, "S1": 3}), 1.05)
     assert monitor.locked is False
     # The same id as an 11-bit frame is another message.
     monitor.on_frame(can.Message(arbitration_id=0x7FE, is_extended_id=False,
-                                 data=bytes([1, 0, 0, 0, 0, 0, 0, 0])), 1.03)
-    assert monitor.view(1.03)[POWER].value == "ON"
+                                 data=bytes([1, 0, 0, 0, 0, 0, 0, 0])), 1.06)
+    assert monitor.view(1.06)[POWER].value == "ON"
