@@ -337,6 +337,7 @@ def test_cascaded_multiplexed_29_bit_signal(tmp_path) -> None:
     assert state.profile.messages[name].is_extended_id is True
     selected = frame(database, name, {"MUX_A": 2, "muxed_A_2_MUX_B": 1, "muxed_B_1": -10})
     assert speed_after(state, [selected], 1.0).value == -10.0
+    assert state.last_frame_facts == (SPEED,)
     # Frames that select other signals, or a selector value the DBC does
     # not define, leave the reading alone.
     others = [
@@ -346,6 +347,7 @@ def test_cascaded_multiplexed_29_bit_signal(tmp_path) -> None:
                     data=bytes([9, 0, 0, 0, 0, 0, 0, 0])),
     ]
     view = speed_after(state, others, 1.1)
+    assert state.last_frame_facts == ()
     assert view.value == -10.0
     assert view.problem is None
     assert view.age == pytest.approx(0.13)

@@ -160,11 +160,15 @@ class VehicleState:
             for fact, mapping in profile.facts.items()
         }
         self.latest_time: float | None = None
+        # Facts that the last processed frame carried a reading for. A frame
+        # of a multiplexed message may carry none of its mapped signals.
+        self.last_frame_facts: tuple[str, ...] = ()
 
     def process_frame(self, frame: can.Message, now: float) -> list[FactChange]:
         """Apply one frame received at ``now``; return the facts that changed."""
         if frame.is_error_frame or frame.is_remote_frame:
             return []
+        self.last_frame_facts = ()
         decoder = self._decoders.get((frame.arbitration_id, frame.is_extended_id))
         if decoder is None:
             return []
@@ -194,6 +198,7 @@ class VehicleState:
             reading.timestamp, reading.e2e_status = now, status
             updated.setdefault(source.fact, source)
 
+        self.last_frame_facts = tuple(updated)
         changes = []
         for fact, source in updated.items():
             old, new = before[fact], self._fact_view(fact, now)
