@@ -31,6 +31,8 @@ def test_check_text_report() -> None:
     assert ("CF_Clu_Vanz little-endian 9-bit unsigned, unit from CF_Clu_SPEED_UNIT "
             "(0 km/h, 1 mph) to km/h") in lines[3]
     assert "  EMS2: unpacking failed" in lines
+    assert ('Vehicle.Speed: combine = "any": the first usable source wins; usable '
+            "sources must agree within 10") in lines
     assert ("note: no Vehicle.Body.Alarm.IsActive: the gate follows "
             "Vehicle.LowVoltageSystemState alone") in lines
     assert result.stderr == ""
@@ -83,6 +85,7 @@ values = {{ 1 = 127 }}
         "cycle_time_ms to its period in milliseconds"
     )
     assert report["undecodable_messages"] == {"EMS2": "unpacking failed"}
+    assert report["combine"] == {}
     assert (f"{report['notes'][0]}" ==
             "Vehicle.LowVoltageSystemState is not usable: the gate keeps every key locked")
 

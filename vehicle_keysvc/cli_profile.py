@@ -46,6 +46,22 @@ def _gate_notes(profile: Profile) -> list[str]:
     return notes
 
 
+def _combine_rules(profile: Profile) -> dict[str, str]:
+    """Describe how each fact with several sources combines them."""
+    rules = {}
+    for fact, mapping in profile.facts.items():
+        if len(mapping.sources) < 2:
+            continue
+        rule = (
+            "every source must agree" if mapping.combine == "all"
+            else "the first usable source wins; usable sources must agree"
+        )
+        if mapping.tolerance:
+            rule += f" within {mapping.tolerance:g}"
+        rules[fact] = f"combine = \"{mapping.combine}\": {rule}"
+    return rules
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     # The report lists the DBC's problems, so its warnings would repeat them.
     logging.basicConfig(level=args.log_level or "ERROR", stream=sys.stderr,
@@ -53,6 +69,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, reject_unusable=False)
     unusable = [c for c in profile.checks if not c.usable]
     notes = _gate_notes(profile)
+    rules = _combine_rules(profile)
     if args.json:
         report = {
             "profile": str(profile.path),
@@ -62,6 +79,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                  "reason": c.reason}
                 for c in profile.checks
             ],
+            "combine": rules,
             "undecodable_messages": profile.undecodable,
             "notes": notes,
         }
@@ -72,6 +90,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for check in profile.checks:
             status = "usable" if check.usable else "UNUSABLE"
             print(f"  {status:8s}  {check.fact} from {check.source}: {check.reason}")
+        for fact, rule in rules.items():
+            print(f"{fact}: {rule}")
         if profile.undecodable:
             print(f"DBC messages that cannot be decoded ({len(profile.undecodable)}):")
             for name, reason in sorted(profile.undecodable.items()):
