@@ -47,7 +47,7 @@ def _gate_notes(profile: Profile) -> list[str]:
 
 
 def _combine_rules(profile: Profile) -> dict[str, str]:
-    """Describe how each fact with several sources combines them."""
+    """Return the combine rule, in words, of each fact with several sources."""
     rules = {}
     for fact, mapping in profile.facts.items():
         if len(mapping.sources) < 2:
