@@ -60,6 +60,8 @@ def test_ford_reverse_trc() -> None:
     assert states(timeline, LOCKED) == [(0.8, True)]
     assert states(timeline, POWER) == [(0.21, "ON")]
     assert gates(timeline)[1:] == [(0.21, False), (3.72, True)]
+    # Veh_V_ActlEng reads 0 throughout the recording.
+    assert set(speeds(timeline)) == {0.0}
 
 
 def test_camaro_engine_start() -> None:
