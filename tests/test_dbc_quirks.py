@@ -319,7 +319,7 @@ def test_speed_without_known_unit_is_unusable(tmp_path) -> None:
 
 
 def cascaded_profile(tmp_path: Path) -> Path:
-    return write_profile(tmp_path, DATA / "issue_184_extended_mux_cascaded.dbc", """
+    return write_profile(tmp_path, DATA / "extended_mux_cascaded.dbc", """
         [messages.ext_MUX_cascaded]
         cycle_time_ms = 100
 

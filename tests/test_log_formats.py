@@ -61,7 +61,7 @@ def test_trc_version_2_1() -> None:
 
 
 def test_blf_can_fd_64_byte_frames() -> None:
-    frames = list(read_log(DATA / "issue_1905.blf"))
+    frames = list(read_log(DATA / "canfd_64_byte_frames.blf"))
     assert len(frames) == 22
     assert all(f.is_fd for f in frames)
     assert {len(f.data) for f in frames} == {64}
@@ -70,7 +70,7 @@ def test_blf_can_fd_64_byte_frames() -> None:
 def test_truncated_blf_stops_with_warning(tmp_path, caplog) -> None:
     damaged = tmp_path / "cut.blf"
     # Cut inside the object that follows the 22 frames.
-    damaged.write_bytes((DATA / "issue_1905.blf").read_bytes()[:400])
+    damaged.write_bytes((DATA / "canfd_64_byte_frames.blf").read_bytes()[:400])
     with caplog.at_level(logging.WARNING):
         frames = list(read_log(damaged))
     assert len(frames) == 22
