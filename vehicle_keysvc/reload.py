@@ -70,8 +70,10 @@ class RunningService:
 
 def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
     """Return what decides how frames decode: every Profile field and the DBC text."""
+    # repr, because some profile types do not compare equal across two loads
+    # of the same file, but their reprs do.
     values = tuple(
-        (f.name, getattr(profile, f.name))
+        (f.name, repr(getattr(profile, f.name)))
         for f in dataclasses.fields(profile)
         if f.name not in ("database", "notes", "path")
     )
