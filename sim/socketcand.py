@@ -137,6 +137,12 @@ class SocketcandServer:
         if server is None:
             return
         server.close()
+        # A connection accepted just before close() has no handler yet, so
+        # it is in neither set below. asyncio (3.11) builds its transport in
+        # a task and starts the handler from connection_made, which takes a
+        # few passes of the loop. These passes let such handlers register.
+        for _ in range(5):
+            await asyncio.sleep(0)
         # Closing a connection ends its handler with end of file, and the wait
         # lets each handler log its client's disconnect.
         for client in list(self._clients):
