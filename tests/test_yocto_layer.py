@@ -80,6 +80,14 @@ def test_recipe_ships_tested_files() -> None:
     assert REPO / "config.example.toml" in sources
 
 
+def test_recipe_installs_every_profile() -> None:
+    sources = {source for source, _ in installs()}
+    shipped = set((REPO / "dbc").glob("*.profile.toml")) | set((REPO / "dbc").glob("*.dbc"))
+    assert len(shipped) >= 4
+    for path in sorted(shipped):
+        assert path in sources, f"the recipe does not install {path.name}"
+
+
 def test_files_cover_install_destinations() -> None:
     text = recipe_text()
     files = re.search(r'FILES:\$\{PN\} \+= "(.*?)"', text, re.S)
