@@ -85,10 +85,19 @@ class _MessageDecoder:
                 settings.e2e.data_id,
                 settings.e2e.crc_byte,
                 settings.e2e.max_counter_delta,
+                cycle_time=settings.cycle_time,
+                sync_frames=settings.e2e.sync_frames,
+                max_no_new_data=settings.e2e.max_no_new_data,
             )
 
-    def decode(self, data: bytes) -> tuple[dict[str, Any], E2EStatus | None, str | None]:
-        """Decode a frame; return the signals, the E2E status and a problem."""
+    def decode(
+        self, data: bytes, now: float | None = None
+    ) -> tuple[dict[str, Any], E2EStatus | None, str | None]:
+        """Decode a frame received at ``now`` and run its E2E check.
+
+        Returns the signals, the E2E status and a problem. Only E2E status OK
+        and OKSOMELOST leave the problem empty.
+        """
         try:
             signals = self.message.decode(
                 data, decode_choices=True, allow_truncated=True
@@ -105,12 +114,17 @@ class _MessageDecoder:
                 f"frame of {self.settings.name} is too short for its E2E fields"
             )
         status = self.receiver.check(
-            bytes(data), int(signals[e2e.counter_signal]), int(signals[e2e.crc_signal])
+            bytes(data),
+            int(signals[e2e.counter_signal]),
+            int(signals[e2e.crc_signal]),
+            now,
         )
-        if status is E2EStatus.OK:
+        if status.valid:
             return dict(signals), status, None
-        if status is E2EStatus.INITIAL:
-            problem = f"{self.settings.name} E2E counter not yet confirmed"
+        if status in (E2EStatus.INITIAL, E2EStatus.SYNC):
+            problem = (
+                f"{self.settings.name} E2E counter not yet confirmed ({status.value})"
+            )
         else:
             problem = f"{self.settings.name} failed its E2E check ({status.value})"
         return dict(signals), status, problem
@@ -139,7 +153,7 @@ class VehicleState:
         if decoder is None:
             return []
         self.latest_time = now if self.latest_time is None else max(self.latest_time, now)
-        signals, status, frame_problem = decoder.decode(bytes(frame.data))
+        signals, status, frame_problem = decoder.decode(bytes(frame.data), now)
 
         changes = []
         for mapping in decoder.mappings:
@@ -163,6 +177,17 @@ class VehicleState:
             if value != old_value or problem != old_problem:
                 changes.append(FactChange(mapping.fact, old_value, value, problem, now))
         return changes
+
+    def poll_e2e(self, now: float) -> None:
+        """Record NONEWDATA for E2E-protected messages with a cycle without frames.
+
+        The fact keeps its last valid value until it is stale.
+        """
+        for decoder in self._decoders.values():
+            if decoder.receiver is None or decoder.receiver.poll(now) is None:
+                continue
+            for mapping in decoder.mappings:
+                self._readings[mapping.fact].e2e_status = E2EStatus.NO_NEW_DATA
 
     def view(self, now: float) -> dict[str, FactView]:
         """Return every fact with its age at time ``now``."""
