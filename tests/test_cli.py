@@ -21,11 +21,14 @@ def test_replay_json_timeline() -> None:
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
     gates = [e for e in entries if e["kind"] == "gate"]
-    assert [e["locked"] for e in gates] == [True, True, False, True]
-    assert gates[2]["reason"] == "Vehicle.LowVoltageSystemState is ON"
+    assert [e["locked"] for e in gates] == [True, True, True, False, True]
     # First frame at 1584730160.128065, first Run frame (3B3#4040...) at
     # 1584730160.333464 in the recording.
     assert gates[2]["time"] == 0.2054
+    assert "not yet confirmed by 3 consecutive valid frames" in gates[2]["reason"]
+    # The third Run frame confirms it.
+    assert gates[3]["reason"] == "Vehicle.LowVoltageSystemState is ON"
+    assert gates[3]["time"] == 0.503
 
 
 def test_replay_text_lines() -> None:
