@@ -8,10 +8,11 @@ import can
 import pytest
 
 from conftest import REFERENCE_PROFILE, wait_until
+from sim.socketcand import SocketcandServer
 from sim.transmit import PeriodicTransmitter
 from sim.vehicle import ReferenceVehicle
 from vehicle_keysvc.can_source import CanStateSource
-from vehicle_keysvc.monitor import VehicleMonitor
+from vehicle_keysvc.monitor import LockEvent, VehicleMonitor
 from vehicle_keysvc.profile import load_profile
 
 
@@ -56,5 +57,84 @@ async def test_only_mapped_ids_received() -> None:
         await asyncio.sleep(0.2)
         assert source.frames_received == 1
     finally:
+        await source.stop()
+        sender.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_closed_socketcand_connection_locks_at_once() -> None:
+    monitor = VehicleMonitor(load_profile(REFERENCE_PROFILE))
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED")
+    server = SocketcandServer(port=0)
+    await server.start()
+    port = server.port
+    transmitter = PeriodicTransmitter(vehicle, server.broadcast)
+    transmitter.start()
+    # reopen_after is long, so only the closed connection can explain a reopen.
+    source = CanStateSource(monitor, "socketcand", "vcan0",
+                            {"host": "127.0.0.1", "port": port},
+                            tick_interval=0.01, reopen_after=60.0)
+    await source.start()
+    try:
+        await wait_until(lambda: not monitor.locked, timeout=30.0)
+        await transmitter.stop()
+        await server.stop()
+        await wait_until(lambda: monitor.locked)
+        reason = monitor.decision.reason
+        faults = source.fault_count
+
+        server = SocketcandServer(port=port)
+        await server.start()
+        transmitter = PeriodicTransmitter(vehicle, server.broadcast)
+        transmitter.start()
+        await wait_until(lambda: not monitor.locked, timeout=30.0)
+
+        assert reason == "CAN bus fault: socketcand connection closed by the server"
+        assert faults == 1
+        assert source.reopen_count == 1
+        assert monitor.bus_fault is None
+    finally:
+        await transmitter.stop()
+        await source.stop()
+        await server.stop()
+
+
+# python-can's Notifier raises the receive error again in its own thread
+# after it has called on_error, and pytest reports that as a warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.asyncio
+async def test_receive_error_locks_and_reopens() -> None:
+    monitor = VehicleMonitor(load_profile(REFERENCE_PROFILE))
+    source = CanStateSource(monitor, "virtual", "keysvc-error", tick_interval=0.01,
+                            reopen_after=60.0)
+    sender = can.Bus(interface="virtual", channel="keysvc-error")
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED")
+    transmitter = PeriodicTransmitter(vehicle, sender.send)
+    await source.start()
+    try:
+        await wait_until(lambda: source.connected)
+        transmitter.start()
+        await wait_until(lambda: not monitor.locked)
+        bus = source._bus
+        assert bus is not None
+
+        def failing_recv(timeout=None):
+            raise can.CanError("interface went down")
+
+        reasons: list[str] = []
+        monitor.add_listener(
+            lambda e: reasons.append(e.decision.reason)
+            if isinstance(e, LockEvent) and e.decision.locked else None
+        )
+        bus.recv = failing_recv  # type: ignore[method-assign]
+        await wait_until(lambda: source.reopen_count == 1)
+        await wait_until(lambda: not monitor.locked)
+
+        assert reasons[0] == "CAN bus fault: receive failed: interface went down"
+        assert source.reopen_count == 1
+    finally:
+        await transmitter.stop()
         await source.stop()
         sender.shutdown()
