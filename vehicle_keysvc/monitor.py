@@ -208,10 +208,14 @@ class VehicleMonitor:
         if frame.is_error_frame:
             self.report_bus_fault(describe_error_frame(frame), now)
             return
-        changes = self.state.process_frame(frame, now)
         frame_facts = self._facts_by_id.get(
             (frame.arbitration_id, frame.is_extended_id), ()
         )
+        if not frame_facts:
+            # A frame the profile does not read changes no fact, and the
+            # ticker re-runs the gate for the passing time.
+            return
+        changes = self.state.process_frame(frame, now)
         if frame_facts and self.bus_fault is not None:
             _LOGGER.info("CAN bus fault over (%s): frames received again", self.bus_fault)
             self.bus_fault = None
