@@ -189,7 +189,7 @@ class ReferenceVehicle:
     def drop(self, message: str, count: int = 1) -> None:
         """Lose the next ``count`` frames of ``message`` on the bus.
 
-        The sender still counts them, so the receiver sees a counter jump.
+        The sender still counts them, so the receiver gets a counter jump.
         """
         _check_count("count", count)
         self._select(message)[0].drop_next += count
@@ -213,8 +213,8 @@ class ReferenceVehicle:
     ) -> can.Message:
         """Build a frame that another node forges on ``message``'s id.
 
-        The forger knows the DBC, the data id and the CRC, so the CRC is
-        correct. Its counter is the genuine next counter plus
+        The forger has the DBC, the data id and the CRC algorithm, so the CRC
+        is correct. Its counter is the genuine next counter plus
         ``counter_offset``. The genuine sender's counter and state do not
         change. ``value`` is a label or number as for the state attribute.
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import can
 import pytest
@@ -138,3 +139,24 @@ async def test_receive_error_locks_and_reopens() -> None:
         await transmitter.stop()
         await source.stop()
         sender.shutdown()
+
+
+def test_error_frame_flood_logs_one_episode(caplog) -> None:
+    monitor = VehicleMonitor(load_profile(REFERENCE_PROFILE))
+    source = CanStateSource(monitor, "virtual", "keysvc-flood")
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED")
+    bus_off = can.Message(arbitration_id=0x40, is_error_frame=True, data=bytes(8))
+
+    with caplog.at_level(logging.INFO, logger="vehicle_keysvc.can_source"):
+        for _ in range(50):
+            source._on_frame(bus_off)
+            source._on_frame(vehicle.encode("VCU_PowerMode"))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "CAN bus fault on virtual channel keysvc-flood: error frame: bus-off" in (
+        warnings[0].getMessage())
+    assert "received again" not in caplog.text
+    assert source.error_frames == 50
+    assert monitor.locked is True

@@ -78,3 +78,16 @@ def test_run_with_unusable_key_dir_exits_2(tmp_path) -> None:
     assert result.returncode == 2
     assert "fix [storage] key_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_rejects_policy_on_unmapped_fact(tmp_path) -> None:
+    config = tmp_path / "keysvc.toml"
+    config.write_text(
+        '[tpm]\ntcti = "swtpm:host=127.0.0.1,port=1"\n'
+        f'[vehicle]\nprofile = "{FORD_PROFILE}"\n'
+        '[policies.calm]\n"Vehicle.Body.Alarm.IsActive" = { values = [false] }\n'
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "[policies.calm] reads Vehicle.Body.Alarm.IsActive" in result.stderr
+    assert "does not map it" in result.stderr

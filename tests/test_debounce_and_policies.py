@@ -101,7 +101,7 @@ def test_start_needs_sync_and_debounce(profile) -> None:
     assert power_frames_until_unlock(monitor, vehicle, 0.0) == 6
 
 
-def test_forbidding_frame_locks_while_debouncing_allowed(profile) -> None:
+def test_allowed_change_keeps_unlocked_then_locks(profile) -> None:
     monitor = VehicleMonitor(profile)
     vehicle = ReferenceVehicle()
     vehicle.set(power_mode="RUN", alarm="DISARMED")

@@ -179,8 +179,8 @@ def test_spoof_right_counter_never_unlocks(profile) -> None:
 
 def test_spoof_burst_unlocks_until_next_genuine(profile) -> None:
     # NOTE: E2E does not authenticate. A node that sends debounce_frames
-    # well-formed frames between two genuine ones unlocks the keys until the
-    # next genuine frame breaks the sequence.
+    # well-formed frames of every gated message between two genuine frames
+    # unlocks the keys until the next genuine frame breaks the sequence.
     drive = Drive(profile, power_mode="OFF")
     drive.run(1.0)
     assert drive.monitor.locked is True

@@ -19,6 +19,7 @@ ERROR_CLASSES = (
     (0x040, "bus-off"),
     (0x080, "bus error"),
     (0x100, "controller restarted"),
+    (0x200, "error counters"),
 )
 
 

@@ -30,15 +30,21 @@ from .monitor import VehicleMonitor
 _LOGGER = logging.getLogger(__name__)
 
 
+# Seconds without a new fault after which frames end a fault episode, so a
+# bus that alternates error frames and data frames logs one episode.
+_EPISODE_QUIET_TIME = 1.0
+
+
 class _Listener(can.Listener):
-    def __init__(self, source: CanStateSource) -> None:
+    def __init__(self, source: CanStateSource, notifier_number: int) -> None:
         self._source = source
+        self._notifier_number = notifier_number
 
     def on_message_received(self, msg: can.Message) -> None:
         self._source._on_frame(msg)
 
     def on_error(self, exc: Exception) -> None:
-        self._source._on_receive_error(exc)
+        self._source._on_receive_error(exc, self._notifier_number)
 
 
 class CanStateSource:
@@ -66,6 +72,8 @@ class CanStateSource:
         self._last_frame = time.monotonic()
         self._silent_episode = False
         self._fault_episode: str | None = None
+        self._last_fault = 0.0
+        self._notifier_number = 0
         self.frames_received = 0
         self.error_frames = 0
         self.reopen_count = 0
@@ -156,8 +164,10 @@ class CanStateSource:
             len(filters), self.interface, self.channel,
         )
         self._last_frame = time.monotonic()
+        self._notifier_number += 1
+        listener = _Listener(self, self._notifier_number)
         self._notifier = can.Notifier(
-            self._bus, [_Listener(self)], timeout=0.1, loop=asyncio.get_running_loop()
+            self._bus, [listener], timeout=0.1, loop=asyncio.get_running_loop()
         )
 
     def _on_frame(self, frame: can.Message) -> None:
@@ -168,7 +178,11 @@ class CanStateSource:
             self.monitor.on_frame(frame)
             return
         self.frames_received += 1
-        if self._silent_episode or self._fault_episode is not None:
+        episode_over = (
+            self._fault_episode is not None
+            and time.monotonic() - self._last_fault >= _EPISODE_QUIET_TIME
+        )
+        if self._silent_episode or episode_over:
             _LOGGER.info(
                 "CAN frames received again on %s channel %s%s",
                 self.interface, self.channel,
@@ -179,10 +193,10 @@ class CanStateSource:
             self._fault_episode = None
         self.monitor.on_frame(frame)
 
-    def _on_receive_error(self, exc: Exception) -> None:
+    def _on_receive_error(self, exc: Exception, notifier_number: int) -> None:
         """Lock for a receive error and reopen, since the Notifier thread has ended."""
-        if self._notifier is None:
-            return
+        if self._notifier is None or notifier_number != self._notifier_number:
+            return  # the ticker already reopened for this error
         self._fault(f"receive failed: {exc}")
 
     def _fault(self, reason: str) -> None:
@@ -195,6 +209,7 @@ class CanStateSource:
 
     def _start_fault_episode(self, reason: str) -> None:
         self.fault_count += 1
+        self._last_fault = time.monotonic()
         if self._fault_episode is None:
             self._fault_episode = reason
             _LOGGER.warning(
@@ -229,7 +244,7 @@ class CanStateSource:
             return "socketcand connection closed by the server"
         return None
 
-    def _reopen_if_silent(self) -> None:
+    def _check_bus(self) -> None:
         if self._notifier is None:
             return
         lost = self._connection_lost()
@@ -252,5 +267,5 @@ class CanStateSource:
     async def _tick_forever(self) -> None:
         while True:
             self.monitor.tick(self.monitor.current_time())
-            self._reopen_if_silent()
+            self._check_bus()
             await asyncio.sleep(self.tick_interval)

@@ -33,9 +33,9 @@ class Config:
     can_options: dict[str, Any] = field(default_factory=dict)
     profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
     tick_interval: float = 0.02  # seconds
-    debounce_frames: int = 3
+    debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
-    policies: dict[str, GatePolicy] = field(default_factory=dict)
+    policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
 
 
 def _get(

@@ -69,7 +69,7 @@ class GatePolicy:
 
     def evaluate(self, views: Mapping[str, FactView]) -> Decision:
         """Lock when a fact is missing, stale or invalid, or breaks its condition."""
-        shown = []
+        readings = []
         for condition in self.conditions:
             view = views.get(condition.fact)
             if view is None:
@@ -79,8 +79,8 @@ class GatePolicy:
             problem = _unusable_reason(view) or condition.violation(view.value)
             if problem is not None:
                 return Decision(True, f"gate policy {self.name!r}: {problem}")
-            shown.append(f"{condition.fact} is {view.value}")
-        return Decision(False, f"gate policy {self.name!r}: {', '.join(shown)}")
+            readings.append(f"{condition.fact} is {view.value}")
+        return Decision(False, f"gate policy {self.name!r}: {', '.join(readings)}")
 
     def check_profile(self, profile: Profile) -> None:
         """Raise ConfigError if the profile does not map a fact the policy reads."""

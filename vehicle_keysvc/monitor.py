@@ -79,7 +79,7 @@ class GatePolicyLike(Protocol):
 class DebouncedGate:
     """Decision of one gate or gate policy, unlocked only after confirmation.
 
-    Lock is immediate: the first evaluation that forbids use locks. Unlock
+    Lock is immediate, so the first evaluation that forbids use locks. Unlock
     waits until every fact the gate reads came in ``debounce_frames``
     consecutive valid frames while the gate allowed use. A frame that
     forbids use, a stale fact or a bus fault starts the count again.
@@ -174,7 +174,7 @@ class VehicleMonitor:
         return self.decision.locked
 
     def policy_decision(self, name: str) -> Decision:
-        """Return the decision of a named gate policy; locked if it is undefined."""
+        """Return the decision of a named gate policy, a lock if it is undefined."""
         state = self.policies.get(name)
         if state is None:
             return Decision(
@@ -262,7 +262,7 @@ class VehicleMonitor:
 
     @staticmethod
     def _apply(state: DebouncedGate, decision: Decision) -> bool:
-        """Store a decision; return True if locked changed."""
+        """Store a decision and return whether locked changed."""
         previous, state.decision = state.decision, decision
         lock_changed = decision.locked != previous.locked
         if lock_changed and decision.locked:
