@@ -24,6 +24,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """Return a free port whose next port is free too, as swtpm needs.
+
+    Without SO_REUSEADDR, swtpm cannot bind a port that a closed connection
+    still holds in TIME-WAIT, which is common on a busy test machine.
+    """
+    while True:
+        port = free_port()
+        if port < 65535 and _port_is_free(port + 1):
+            return port
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -99,7 +120,7 @@ def start_swtpm(state_dir: Path, port: int | None = None) -> Swtpm:
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
-        chosen = port if port is not None else free_port()
+        chosen = port if port is not None else free_port_pair()
         proc = _spawn_swtpm(state_dir, chosen)
         try:
             _wait_for_port(chosen + 1, proc)
