@@ -208,3 +208,11 @@ def test_reset_forgets_reference() -> None:
 def test_receiver_rejects_bad_settings(arguments) -> None:
     with pytest.raises(ValueError):
         E2EReceiver(data_id=1, crc_byte=0, **arguments)
+
+
+def test_hours_of_silence_counted_at_once() -> None:
+    receiver = E2EReceiver(data_id=1, crc_byte=0, cycle_time=0.01)
+    receiver.check(*frame(1, 0), now=0.0)
+    assert receiver.poll(36_000.0) is E2EStatus.NO_NEW_DATA
+    assert receiver.poll(36_000.001) is None
+    assert receiver.check(*frame(1, 1), now=36_000.002) is E2EStatus.INITIAL

@@ -143,13 +143,13 @@ class E2EReceiver:
         """
         if self.cycle_time is None or self._next_deadline is None:
             return None
-        missed = 0
-        while now >= self._next_deadline:
-            missed += 1
-            self._next_deadline += self.cycle_time
-            self._count_no_new_data()
-        if missed == 0:
+        if now < self._next_deadline:
             return None
+        # Computed, not looped, because a recording can have gaps of hours.
+        missed = int((now - self._next_deadline) // self.cycle_time) + 1
+        self._next_deadline += missed * self.cycle_time
+        self._no_new_data += missed
+        self._allowed_delta = min(self._allowed_delta + missed, MAX_DELTA_LIMIT)
         self.status = E2EStatus.NO_NEW_DATA
         return self.status
 
