@@ -66,8 +66,8 @@ def test_status_valid_only_ok_and_oksomelost() -> None:
 
 
 def test_crc8_other_published_check_values() -> None:
-    # Example results of CRC-8 SAE J1850 in the AUTOSAR Specification of CRC
-    # Routines.
+    # Regression values for the same parameters. The check value 0x4B above
+    # and the frame below are the ones checked against published results.
     assert crc8_sae_j1850(b"\xF2\x01\x83") == 0x37
     assert crc8_sae_j1850(b"\x0F\xAA\x00\x55") == 0x79
     assert crc8_sae_j1850(b"\x00\xFF\x55\x11") == 0xB8
