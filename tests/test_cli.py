@@ -85,9 +85,9 @@ def test_run_rejects_policy_on_unmapped_fact(tmp_path) -> None:
     config.write_text(
         '[tpm]\ntcti = "swtpm:host=127.0.0.1,port=1"\n'
         f'[vehicle]\nprofile = "{FORD_PROFILE}"\n'
-        '[policies.calm]\n"Vehicle.Body.Alarm.IsActive" = { values = [false] }\n'
+        '[gate_policies.calm]\n"Vehicle.Body.Alarm.IsActive" = { values = [false] }\n'
     )
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 2
-    assert "[policies.calm] reads Vehicle.Body.Alarm.IsActive" in result.stderr
+    assert "[gate_policies.calm] reads Vehicle.Body.Alarm.IsActive" in result.stderr
     assert "does not map it" in result.stderr

@@ -210,7 +210,7 @@ def test_policy_fact_missing_from_profile(profile, tmp_path) -> None:
     (tmp_path / "no-speed.toml").write_text(trimmed)
     no_speed = load_profile(tmp_path / "no-speed.toml")
 
-    with pytest.raises(ConfigError, match=r"\[policies.payment\] reads Vehicle.Speed"):
+    with pytest.raises(ConfigError, match=r"\[gate_policies.payment\] reads Vehicle.Speed"):
         VehicleMonitor(no_speed, policies=parse_policies({"payment": PAYMENT}))
 
 
@@ -241,7 +241,7 @@ def test_policy_config_errors(table, message: str) -> None:
 
 def test_config_reads_policies_and_debounce(tmp_path) -> None:
     config = parse_config(
-        {"vehicle": {"debounce_frames": 5}, "policies": {"payment": PAYMENT}}, tmp_path
+        {"vehicle": {"debounce_frames": 5}, "gate_policies": {"payment": PAYMENT}}, tmp_path
     )
     assert config.debounce_frames == 5
     assert config.policies["payment"].required == [

@@ -415,7 +415,7 @@ async def test_bad_crc_then_confirmation_unlocks(stack: Stack) -> None:
 @pytest.mark.asyncio
 async def test_payment_policy_over_dbus(swtpm, dbus_daemon, bus, tmp_path: Path) -> None:
     running = await start_stack(swtpm, dbus_daemon, bus, tmp_path, policies=(
-        '[policies.payment]\n"Vehicle.Speed" = { max = 0 }\n'
+        '[gate_policies.payment]\n"Vehicle.Speed" = { max = 0 }\n'
         '"Vehicle.Powertrain.Transmission.SelectedGear" = { values = ["P"] }\n'))
     try:
         await running.client.generate_key("pay", owner_uid=0, gate_policy="payment")

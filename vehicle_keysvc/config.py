@@ -68,7 +68,7 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    names = ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policies")
+    names = ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "gate_policies")
     _check_keys(data, "top level", set(names))
     sections = {}
     for name in names:
@@ -162,7 +162,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         tick_interval=tick_ms / 1000.0,
         debounce_frames=debounce,
         log_level=level,
-        policies=parse_policies(sections["policies"]),
+        policies=parse_policies(sections["gate_policies"]),
     )
 
 

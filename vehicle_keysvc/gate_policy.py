@@ -4,11 +4,11 @@ A key created with the GenerateKey option ``gate_policy`` may sign only
 while the default gate is unlocked and every condition of its policy holds.
 Policies are defined in the service config, for example::
 
-    [policies.payment]
+    [gate_policies.payment]
     "Vehicle.Speed" = { max = 0 }
     "Vehicle.Powertrain.Transmission.SelectedGear" = { values = ["P"] }
 
-    [policies.run-only]
+    [gate_policies.run-only]
     "Vehicle.LowVoltageSystemState" = { values = ["ON"] }
 
 A condition lists the allowed VSS ``values``, or a ``min`` and/or ``max``
@@ -87,14 +87,14 @@ class GatePolicy:
         for fact in self.required:
             if fact not in profile.provided_facts:
                 raise ConfigError(
-                    f"[policies.{self.name}] reads {fact}, but profile "
+                    f"[gate_policies.{self.name}] reads {fact}, but profile "
                     f"{profile.path} does not map it; remove the condition or "
                     "use a profile that maps the fact"
                 )
 
 
 def parse_policies(table: Mapping[str, Any]) -> dict[str, GatePolicy]:
-    """Build the policies of a config's ``[policies]`` table.
+    """Build the policies of a config's ``[gate_policies]`` table.
 
     Raises:
         ConfigError: a name, fact, key or value is invalid. The message
@@ -102,7 +102,7 @@ def parse_policies(table: Mapping[str, Any]) -> dict[str, GatePolicy]:
     """
     policies = {}
     for name, conditions in table.items():
-        where = f"[policies.{name}]"
+        where = f"[gate_policies.{name}]"
         if not POLICY_NAME_PATTERN.fullmatch(name):
             raise ConfigError(
                 f"{where}: the policy name is invalid; use 1 to 64 letters, "

@@ -139,7 +139,9 @@ class KeyService:
             raise InvalidArgument(f"key {key_id!r} already exists; delete it first")
 
         blobs, public_der = await self.tpm.create_key(selection)
-        record = KeyRecord(key_id, key_type, owner_uid, blobs, public_der, gate_policy)
+        record = KeyRecord(
+            key_id, key_type, owner_uid, blobs, public_der, gate_policy=gate_policy
+        )
         self.store.add(record)
         _LOGGER.info(
             "created key %r (%s) for uid %d, PCR policy %s, gate policy %s, by %s",
@@ -159,7 +161,7 @@ class KeyService:
             defined = ", ".join(sorted(self.monitor.policies)) or "none"
             raise InvalidArgument(
                 f"gate policy {name!r} is not defined (defined: {defined}); add "
-                f"[policies.{name}] to the config or choose a defined policy"
+                f"[gate_policies.{name}] to the config or choose a defined policy"
             )
         return name
 

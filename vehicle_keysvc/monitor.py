@@ -180,7 +180,7 @@ class VehicleMonitor:
             return Decision(
                 True,
                 f"gate policy {name!r} is not defined in the config; define "
-                f"[policies.{name}] or create the key again",
+                f"[gate_policies.{name}] or create the key again",
             )
         return state.decision
 
