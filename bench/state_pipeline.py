@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.state_pipeline [--quick]
 
-It reports three measurements:
+It reports four measurements:
 
 1. Frames per second that the pipeline (python-can virtual bus, Notifier,
    VehicleMonitor on an asyncio loop, as CanStateSource wires them) keeps
@@ -12,7 +12,10 @@ It reports three measurements:
    frames/s of mixed traffic arrive, with filters on and off. A 1 Mbit/s
    bus carries about 8,000 8-byte frames/s (about 125 bits per frame with
    bit stuffing, an estimate).
-3. Latency from sending a frame that forbids use to the Locked reply of
+3. CPU of the real service process, fed over the simulator's socketcand
+   server, with the state frames alone and with 7,900 unrelated frames/s
+   added (8,000 frames/s in all).
+4. Latency from sending a frame that forbids use to the Locked reply of
    the next Sign, over D-Bus with the real service process, swtpm,
    dbus-daemon and the simulator's socketcand server (median and p99).
 
@@ -48,7 +51,7 @@ from vehicle_keysvc.client import KeyStorageClient, KeyStorageError
 from vehicle_keysvc.monitor import VehicleMonitor
 from vehicle_keysvc.profile import load_profile
 
-MIXED_RATE = 8000.0  # frames per second, a full 1 Mbit/s bus
+MIXED_RATE = 8000.0  # frames per second, about a full 1 Mbit/s bus (an estimate)
 
 
 def mixed_frames(count: int) -> list[can.Message]:
@@ -165,8 +168,68 @@ async def cpu_share(filters: bool, seconds: float, run: int) -> float:
         pipeline.stop()
 
 
-async def sign_latencies(samples: int) -> list[float]:
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def service_cpu_share(
+    server: SocketcandServer, pid: int, rate: float, seconds: float
+) -> float:
+    """Return the service process's CPU seconds per wall second under extra traffic.
+
+    ``rate`` unrelated frames/s go out in addition to the state frames.
+    """
+    traffic = UnrelatedTraffic(rate) if rate > 0 else None
+    stop = asyncio.Event()
+
+    async def send() -> None:
+        while not stop.is_set():
+            if traffic is not None:
+                for frame in traffic.due_frames(time.time()):
+                    server.broadcast(frame)
+            await asyncio.sleep(0.002)
+
+    sender = asyncio.create_task(send())
+    try:
+        await asyncio.sleep(0.5)  # warm-up
+        cpu_before, wall_before = process_cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu = process_cpu_seconds(pid) - cpu_before
+        return cpu / (time.monotonic() - wall_before)
+    finally:
+        stop.set()
+        await sender
+
+
+async def sign_latency(client: KeyStorageClient, server: SocketcandServer,
+                       vehicle: ReferenceVehicle, digest: bytes) -> float:
     """Return seconds from a forbidding frame to the Locked reply of a Sign."""
+    while await client.get_property("Locked"):
+        await asyncio.sleep(0.02)
+
+    vehicle.set(power_mode="OFF")
+    start = time.perf_counter()
+    server.broadcast(vehicle.encode("VCU_PowerMode"))
+    try:
+        while True:
+            try:
+                await client.sign("bench", digest)
+            except KeyStorageError as err:
+                if err.short_name == "Locked":
+                    return time.perf_counter() - start
+                raise
+    finally:
+        vehicle.set(power_mode="RUN")
+
+
+async def service_measurements(
+    samples: int, seconds: float, runs: int
+) -> tuple[dict[float, list[float]], list[float]]:
+    """Measure the real service over socketcand and D-Bus.
+
+    Returns its CPU share per extra traffic rate and the Sign latencies.
+    """
     work = Path(tempfile.mkdtemp(prefix="keysvc-bench-"))
     swtpm = start_swtpm(work / "tpm")
     dbus = start_dbus_daemon()
@@ -178,6 +241,7 @@ async def sign_latencies(samples: int) -> list[float]:
     transmitter.start()
     bus = await MessageBus(bus_address=dbus.address).connect()
     service = None
+    shares: dict[float, list[float]] = {0.0: [], MIXED_RATE - 100.0: []}
     latencies = []
 
     try:
@@ -189,22 +253,12 @@ async def sign_latencies(samples: int) -> list[float]:
         await client.generate_key("bench", owner_uid=os.getuid())
         digest = hashlib.sha256(b"bench").digest()
 
+        for _ in range(runs):
+            for rate in shares:
+                share = await service_cpu_share(server, service.proc.pid, rate, seconds)
+                shares[rate].append(share)
         for _ in range(samples):
-            while await client.get_property("Locked"):
-                await asyncio.sleep(0.02)
-
-            vehicle.set(power_mode="OFF")
-            start = time.perf_counter()
-            server.broadcast(vehicle.encode("VCU_PowerMode"))
-            while True:
-                try:
-                    await client.sign("bench", digest)
-                except KeyStorageError as err:
-                    if err.short_name == "Locked":
-                        break
-                    raise
-            latencies.append(time.perf_counter() - start)
-            vehicle.set(power_mode="RUN")
+            latencies.append(await sign_latency(client, server, vehicle, digest))
     finally:
         bus.disconnect()
         if service is not None:
@@ -213,7 +267,10 @@ async def sign_latencies(samples: int) -> list[float]:
         await server.stop()
         dbus.stop()
         swtpm.stop()
-    return latencies
+    if server.dropped_frames:
+        print(f"warning: the socketcand server dropped {server.dropped_frames} frames "
+              "for a client that did not keep up")
+    return shares, latencies
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -272,7 +329,17 @@ async def main_async(quick: bool) -> None:
     print(f"ratio on/off: {on / off:.2f}")
 
     samples = 10 if quick else 100
-    latencies = await sign_latencies(samples)
+    service_shares, latencies = await service_measurements(samples, seconds, runs)
+    print(f"\nCPU of the service process over socketcand, {seconds:g} s per run, "
+          f"median of {runs}")
+    print("| traffic | CPU (% of one core) | min | max |")
+    print("|---|---|---|---|")
+    for rate, values in service_shares.items():
+        label = f"state frames + {rate:,.0f} unrelated frames/s" if rate else (
+            "state frames only (100/s)")
+        print(f"| {label} | {100 * statistics.median(values):.1f} | "
+              f"{100 * min(values):.1f} | {100 * max(values):.1f} |")
+
     print(f"\nforbidding frame to Locked reply of the next Sign, over D-Bus, "
           f"{samples} samples")
     print("| median (ms) | p99 (ms) | max (ms) |")
