@@ -54,7 +54,9 @@ class Drive:
             self.now = round(self.now + 0.01, 6)
 
     def power_status(self) -> E2EStatus | None:
-        return self.monitor.state._readings[POWER_STATE].e2e_status
+        receiver = self.monitor.state._decoders[(0x110, False)].receiver
+        assert receiver is not None
+        return receiver.status
 
     def locks_since(self, index: int) -> list[LockEvent]:
         return [e for e in self.events[index:] if e.lock_changed and e.decision.locked]
