@@ -81,7 +81,7 @@ async def test_closed_socketcand_connection_locks_at_once() -> None:
         await wait_until(lambda: not monitor.locked, timeout=30.0)
         await transmitter.stop()
         await server.stop()
-        await wait_until(lambda: monitor.locked)
+        await wait_until(lambda: monitor.bus_fault is not None)
         reason = monitor.decision.reason
         faults = source.fault_count
 
