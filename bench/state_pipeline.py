@@ -92,6 +92,7 @@ class Pipeline:
             self.done.set()
 
     def reader_thread_ids(self) -> list[int]:
+        # NOTE: python-can 4.6 keeps the Notifier's threads in a private list.
         assert self.notifier is not None
         return [t.native_id for t in self.notifier._readers if isinstance(t, threading.Thread)]
 
