@@ -160,3 +160,21 @@ def test_error_frame_flood_logs_one_episode(caplog) -> None:
     assert "received again" not in caplog.text
     assert source.error_frames == 50
     assert monitor.locked is True
+
+
+def test_repeated_faults_back_off() -> None:
+    monitor = VehicleMonitor(load_profile(REFERENCE_PROFILE))
+    source = CanStateSource(monitor, "virtual", "keysvc-backoff")
+    waits: list[float] = []
+    source._start_connecting = waits.append  # type: ignore[method-assign]
+    vehicle = ReferenceVehicle()
+
+    for _ in range(7):
+        source._fault("receive failed: interface went down")
+    # Frames a second after the last fault end the episode.
+    source._last_fault -= 2.0
+    source._on_frame(vehicle.encode("VCU_PowerMode"))
+
+    assert waits == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert source.fault_backoff == 0.0
+    assert source.reopen_count == 7

@@ -74,6 +74,10 @@ class CanStateSource:
         self._fault_episode: str | None = None
         self._last_fault = 0.0
         self._notifier_number = 0
+        # Seconds to wait before reconnecting after the next fault. It grows
+        # while faults follow each other, because a bus that opens but fails
+        # at once would otherwise be reopened every Notifier timeout.
+        self.fault_backoff = 0.0
         self.frames_received = 0
         self.error_frames = 0
         self.reopen_count = 0
@@ -103,8 +107,8 @@ class CanStateSource:
         self._connect_task = None
         self._close_bus()
 
-    def _start_connecting(self) -> None:
-        self._connect_task = asyncio.create_task(self._connect(), name="can-connect")
+    def _start_connecting(self, wait: float = 0.0) -> None:
+        self._connect_task = asyncio.create_task(self._connect(wait), name="can-connect")
 
     def _close_bus(self) -> None:
         if self._notifier is not None:
@@ -129,7 +133,9 @@ class CanStateSource:
         except OSError:
             return False
 
-    async def _connect(self) -> None:
+    async def _connect(self, wait: float = 0.0) -> None:
+        if wait > 0:
+            await asyncio.sleep(wait)
         delay = 0.5
         failures = 0
         filters = self.monitor.profile.can_filters()
@@ -191,6 +197,7 @@ class CanStateSource:
             )
             self._silent_episode = False
             self._fault_episode = None
+            self.fault_backoff = 0.0
         self.monitor.on_frame(frame)
 
     def _on_receive_error(self, exc: Exception, notifier_number: int) -> None:
@@ -205,7 +212,8 @@ class CanStateSource:
         self.monitor.report_bus_fault(reason)
         self.reopen_count += 1
         self._close_bus()
-        self._start_connecting()
+        self._start_connecting(self.fault_backoff)
+        self.fault_backoff = min(max(self.fault_backoff * 2, 0.5), 10.0)
 
     def _start_fault_episode(self, reason: str) -> None:
         self.fault_count += 1

@@ -107,7 +107,7 @@ class DebouncedGate:
         """Evaluate after a frame carrying ``frame_facts``, or a tick if empty."""
         if fault is not None:
             self.reset()
-            return Decision(True, fault)
+            return Decision(True, f"CAN bus fault: {fault}")
         decision = self.gate.evaluate(views)
         if decision.locked:
             self.reset()
@@ -157,7 +157,7 @@ class VehicleMonitor:
             self._facts_by_id[(settings.frame_id, settings.is_extended_id)] = tuple(
                 fact for fact, m in profile.facts.items() if m.message == settings.name
             )
-        self.bus_fault: str | None = None
+        self.bus_fault: str | None = None  # reason of the current bus fault
         self._listeners: list[Listener] = []
         self._last_time: float | None = None
 
@@ -217,7 +217,10 @@ class VehicleMonitor:
             return
         changes = self.state.process_frame(frame, now)
         if frame_facts and self.bus_fault is not None:
-            _LOGGER.info("CAN bus fault over (%s): frames received again", self.bus_fault)
+            _LOGGER.info(
+                "CAN bus fault over (%s): frames of the profile received again",
+                self.bus_fault,
+            )
             self.bus_fault = None
         for change in changes:
             self._notify(change)
@@ -228,7 +231,7 @@ class VehicleMonitor:
 
         Unlocking then needs the usual confirmation by consecutive valid frames.
         """
-        self.bus_fault = f"CAN bus fault: {reason}"
+        self.bus_fault = reason
         self._evaluate(self.clock.now() if now is None else now, ())
 
     def tick(self, now: float) -> Decision:
