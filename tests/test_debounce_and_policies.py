@@ -244,7 +244,7 @@ def test_config_reads_policies_and_debounce(tmp_path) -> None:
         {"vehicle": {"debounce_frames": 5}, "gate_policies": {"payment": PAYMENT}}, tmp_path
     )
     assert config.debounce_frames == 5
-    assert config.policies["payment"].required == [
+    assert config.gate_policies["payment"].required == [
         "Vehicle.Speed", "Vehicle.Powertrain.Transmission.SelectedGear"]
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from conftest import REFERENCE_PROFILE
 from vehicle_keysvc.e2e import E2EReceiver, E2EStatus, compute_crc, crc8_sae_j1850
+from vehicle_keysvc.errors import ConfigError
+from vehicle_keysvc.profile import load_profile
+from vehicle_keysvc.vehicle_state import VehicleState
 
 
 def frame(data_id: int, counter: int, value: int = 2) -> tuple[bytes, int, int]:
@@ -216,3 +222,38 @@ def test_hours_of_silence_counted_at_once() -> None:
     assert receiver.poll(36_000.0) is E2EStatus.NO_NEW_DATA
     assert receiver.poll(36_000.001) is None
     assert receiver.check(*frame(1, 1), now=36_000.002) is E2EStatus.INITIAL
+
+
+def reference_profile_with(tmp_path: Path, e2e_keys: str) -> Path:
+    text = REFERENCE_PROFILE.read_text().replace(
+        'e2e = { counter = "PowerMode_Counter", crc = "PowerMode_CRC" }',
+        'e2e = { counter = "PowerMode_Counter", crc = "PowerMode_CRC", '
+        + e2e_keys + " }",
+    )
+    (tmp_path / "vehicle.dbc").write_text((REFERENCE_PROFILE.parent / "vehicle.dbc").read_text())
+    path = tmp_path / "profile.toml"
+    path.write_text(text)
+    return path
+
+
+def test_profile_e2e_settings_reach_receiver(tmp_path: Path) -> None:
+    profile = load_profile(
+        reference_profile_with(tmp_path, "sync_frames = 4, max_no_new_data = 0")
+    )
+    receiver = VehicleState(profile)._decoders[(0x110, False)].receiver
+
+    assert receiver is not None
+    assert receiver.sync_frames == 4
+    assert receiver.max_no_new_data == 0
+    assert receiver.cycle_time == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("keys,message", [
+    ("sync_frames = 0", "sync_frames must be 1..15"),
+    ("sync_frames = true", "sync_frames must be 1..15"),
+    ("max_no_new_data = 15", "max_no_new_data must be 0..14"),
+    ('max_no_new_data = "2"', "max_no_new_data must be 0..14"),
+])
+def test_profile_rejects_bad_e2e_settings(tmp_path: Path, keys: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_profile(reference_profile_with(tmp_path, keys))

@@ -41,12 +41,13 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
         "on" if profile.e2e_protected else "off (freshness only)",
     )
     monitor = VehicleMonitor(
-        profile, debounce_frames=config.debounce_frames, policies=config.policies
+        profile, debounce_frames=config.debounce_frames, policies=config.gate_policies
     )
     store = KeyStore(config.key_dir)
     store.load()
     for record in store.records():
-        if record.gate_policy is not None and record.gate_policy not in config.policies:
+        if (record.gate_policy is not None
+                and record.gate_policy not in config.gate_policies):
             _LOGGER.error(
                 "key %r needs gate policy %r, which the config does not define; "
                 "the key stays locked", record.key_id, record.gate_policy,

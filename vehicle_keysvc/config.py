@@ -35,7 +35,7 @@ class Config:
     tick_interval: float = 0.02  # seconds
     debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
-    policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
+    gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
 
 
 def _get(
@@ -162,7 +162,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         tick_interval=tick_ms / 1000.0,
         debounce_frames=debounce,
         log_level=level,
-        policies=parse_policies(sections["gate_policies"]),
+        gate_policies=parse_policies(sections["gate_policies"]),
     )
 
 

@@ -260,13 +260,15 @@ def _e2e_settings(message: Any, table: dict[str, Any], where: str) -> E2ESetting
             f"{where}: max_counter_delta must be 1..14, got {max_delta!r}"
         )
     sync_frames = table.get("sync_frames", 2)
-    if not isinstance(sync_frames, int) or not 1 <= sync_frames <= 15:
+    if (not isinstance(sync_frames, int) or isinstance(sync_frames, bool)
+            or not 1 <= sync_frames <= 15):
         raise ConfigError(
             f"{where}: sync_frames must be 1..15 (frames in sequence needed "
             f"before the first OK), got {sync_frames!r}"
         )
     max_no_new_data = table.get("max_no_new_data", 2)
-    if not isinstance(max_no_new_data, int) or not 0 <= max_no_new_data <= 14:
+    if (not isinstance(max_no_new_data, int) or isinstance(max_no_new_data, bool)
+            or not 0 <= max_no_new_data <= 14):
         raise ConfigError(
             f"{where}: max_no_new_data must be 0..14 (cycles without new data "
             f"before the receiver syncs again), got {max_no_new_data!r}"
