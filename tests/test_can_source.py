@@ -178,3 +178,35 @@ def test_repeated_faults_back_off() -> None:
     assert waits == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
     assert source.fault_backoff == 0.0
     assert source.reopen_count == 7
+
+
+@pytest.mark.asyncio
+async def test_error_frame_passes_filters_and_locks() -> None:
+    monitor = VehicleMonitor(load_profile(REFERENCE_PROFILE))
+    source = CanStateSource(monitor, "virtual", "keysvc-errorframe", tick_interval=0.01)
+    sender = can.Bus(interface="virtual", channel="keysvc-errorframe")
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED")
+    transmitter = PeriodicTransmitter(vehicle, sender.send)
+    reasons: list[str] = []
+    monitor.add_listener(
+        lambda e: reasons.append(e.decision.reason)
+        if isinstance(e, LockEvent) and e.decision.locked else None
+    )
+    await source.start()
+    try:
+        await wait_until(lambda: source.connected)
+        transmitter.start()
+        await wait_until(lambda: not monitor.locked)
+        # Bus-off as Linux reports it: error flag plus the CAN_ERR_BUSOFF class.
+        sender.send(can.Message(arbitration_id=0x40, is_extended_id=True,
+                                is_error_frame=True, data=bytes(8)))
+        await wait_until(lambda: source.error_frames == 1)
+        await wait_until(lambda: not monitor.locked)
+
+        assert "CAN bus fault: error frame: bus-off" in reasons
+        assert source.reopen_count == 0
+    finally:
+        await transmitter.stop()
+        await source.stop()
+        sender.shutdown()

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import can
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import hashes, serialization
@@ -449,3 +450,23 @@ async def test_payment_policy_over_dbus(swtpm, dbus_daemon, bus, tmp_path: Path)
         assert await running.client.get_property("Locked") is False
     finally:
         await running.close()
+
+
+@pytest.mark.asyncio
+async def test_bus_off_error_frame_locks(stack: Stack) -> None:
+    await stack.client.generate_key("pzp", owner_uid=0)
+    await unlocked(stack)
+    seen: list[tuple[bool, str]] = []
+    await stack.client.watch(lambda is_locked, reason: seen.append((is_locked, reason)))
+
+    stack.server.broadcast(can.Message(arbitration_id=0x40, is_extended_id=True,
+                                       is_error_frame=True, data=bytes(8)))
+    await wait_until(lambda: len(seen) == 2)
+
+    assert seen[0] == (True, "CAN bus fault: error frame: bus-off")
+    assert seen[1][0] is False
+    assert stack.service is not None
+    log = stack.service.log()
+    assert log.count("CAN bus fault on socketcand channel vcan0: error frame: bus-off") == 1
+    verify(await stack.client.get_public_key("pzp"),
+           await stack.client.sign("pzp", DIGEST), DIGEST)

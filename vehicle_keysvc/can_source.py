@@ -30,6 +30,13 @@ from .monitor import VehicleMonitor
 _LOGGER = logging.getLogger(__name__)
 
 
+# Receive filter that lets error frames through python-can's software
+# filtering (virtual, socketcand), which matches their error class as an
+# extended id below 0x800. Extended data frames with such ids pass too, and
+# the monitor drops them as unmapped. On socketcan the kernel delivers error
+# frames anyway.
+ERROR_FRAME_FILTER = {"can_id": 0, "can_mask": 0x1FFFF800, "extended": True}
+
 # Seconds without a new fault after which frames end a fault episode, so a
 # bus that alternates error frames and data frames logs one episode.
 _EPISODE_QUIET_TIME = 1.0
@@ -138,7 +145,7 @@ class CanStateSource:
             await asyncio.sleep(wait)
         delay = 0.5
         failures = 0
-        filters = self.monitor.profile.can_filters()
+        filters = [*self.monitor.profile.can_filters(), ERROR_FRAME_FILTER]
         while True:
             try:
                 if not await asyncio.to_thread(self._server_reachable):
@@ -166,8 +173,8 @@ class CanStateSource:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         _LOGGER.info(
-            "receiving %d CAN ids on %s channel %s",
-            len(filters), self.interface, self.channel,
+            "receiving %d CAN ids and error frames on %s channel %s",
+            len(filters) - 1, self.interface, self.channel,
         )
         self._last_frame = time.monotonic()
         self._notifier_number += 1
