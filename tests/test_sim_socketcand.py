@@ -174,7 +174,7 @@ async def test_frame_fields_survive_transport():
 
 
 @pytest.mark.asyncio
-async def test_error_frame_sent_remote_frame_not():
+async def test_error_frames_sent_remote_frames_dropped():
     async with SocketcandServer() as server:
         bus = await open_bus(server.port)
         try:
