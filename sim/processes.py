@@ -24,25 +24,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_is_free(port: int) -> bool:
+def free_port_pair() -> int:
+    """Return a port whose next port is free too, for swtpm's two sockets.
+
+    swtpm binds without SO_REUSEADDR, so a port that still has connections
+    in TIME_WAIT fails for it although the kernel hands it out as free. The
+    check binds both ports the same way.
+    """
+    for _ in range(100):
+        port = free_port()
+        if port < 65535 and _bindable(port) and _bindable(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free TCP ports on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
-
-
-def free_port_pair() -> int:
-    """Return a free port whose next port is free too, as swtpm needs.
-
-    Without SO_REUSEADDR, swtpm cannot bind a port that a closed connection
-    still holds in TIME-WAIT, which is common on a busy test machine.
-    """
-    while True:
-        port = free_port()
-        if port < 65535 and _port_is_free(port + 1):
-            return port
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
