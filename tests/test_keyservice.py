@@ -29,7 +29,7 @@ class BlockingTpm:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def sign(self, blobs: KeyBlobs, digest: bytes) -> bytes:
+    async def sign(self, blobs: KeyBlobs, digest: bytes, algorithm: object = None) -> bytes:
         self.started.set()
         await self.release.wait()
         return b"signature"

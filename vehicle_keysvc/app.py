@@ -45,7 +45,10 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
     store.load()
     tpm = TpmBackend(config.tcti)
     await tpm.start()
-    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection)
+    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection,
+                      config.signed_policy)
+    core.finish_rotations()
+    await core.start_signed_policy()
     source = CanStateSource(
         monitor, config.can_interface, config.can_channel, config.can_options,
         config.tick_interval,
@@ -66,6 +69,7 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
         _LOGGER.info("stopping")
     finally:
         await source.stop()
+        core.seeds.wipe_all("service stopping")
         if bus is not None:
             bus.disconnect()
         await tpm.close()

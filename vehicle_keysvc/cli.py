@@ -1,4 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay``."""
+"""Command line: ``vehicle-keysvc run | replay | policy``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 
+from . import cli_policy
 from .config import load_config
 from .errors import KeyServiceError
 from .profile import load_profile
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tick-ms", type=_positive_ms, default=20.0,
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
+    cli_policy.register(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InvalidArgument
+from .policy import DEFAULT_COUNTER_INDEX, PolicySettings, check_policy_ref
 from .tpm import PcrSelection
 
 _BUSES = ("system", "session")
@@ -33,6 +34,7 @@ class Config:
     profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
     tick_interval: float = 0.02  # seconds
     log_level: str = "INFO"
+    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
 
 
 def _get(
@@ -65,9 +67,9 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    _check_keys(data, "top level", {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging"})
+    _check_keys(data, "top level", {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy"})
     sections = {}
-    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging"):
+    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy"):
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -139,6 +141,8 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
             f"[logging] level = {level!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
         )
 
+    signed_policy = _parse_policy(sections["policy"], base, key_dir)
+
     return Config(
         tcti=tcti,
         pcr_selection=pcr_selection,
@@ -151,7 +155,45 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         profile=profile,
         tick_interval=tick_ms / 1000.0,
         log_level=level,
+        signed_policy=signed_policy,
     )
+
+
+def _parse_policy(table: dict[str, Any], base: Path, key_dir: Path) -> PolicySettings | None:
+    _check_keys(table, "policy", {"oem_public_key", "policy_ref", "signed_policy",
+                                  "release_counter"})
+    key_text = _get(table, "policy", "oem_public_key", str, "")
+    if not key_text:
+        if set(table) - {"oem_public_key"}:
+            raise ConfigError(
+                "[policy] options are set but oem_public_key is missing; give the "
+                "OEM policy key's PEM file or remove the [policy] section"
+            )
+        return None
+    oem_public_key = base / key_text
+    if not oem_public_key.is_file():
+        raise ConfigError(
+            f"[policy] oem_public_key = {key_text!r}: file {oem_public_key} not found; "
+            "give the PEM file of the OEM policy key"
+        )
+    if "policy_ref" not in table:
+        raise ConfigError(
+            "[policy] policy_ref is missing; give the product name the OEM signs "
+            "policies for, for example 'webinos-headunit-A'"
+        )
+    try:
+        policy_ref = check_policy_ref(_get(table, "policy", "policy_ref", str, ""))
+    except InvalidArgument as err:
+        raise ConfigError(f"[policy] {err}") from None
+    signed_policy = base / _get(table, "policy", "signed_policy", str,
+                                str(key_dir.parent / "signed-policy.json"))
+    counter = _get(table, "policy", "release_counter", int, DEFAULT_COUNTER_INDEX)
+    if not 0x01000000 <= counter <= 0x01FFFFFF:
+        raise ConfigError(
+            f"[policy] release_counter = {counter:#x} is invalid: give an NV index "
+            "0x01000000..0x01ffffff, for example 0x01800100"
+        )
+    return PolicySettings(oem_public_key, policy_ref, signed_policy, counter)
 
 
 def load_config(path: str | Path) -> Config:

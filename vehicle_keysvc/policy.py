@@ -30,8 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import InvalidArgument
@@ -132,6 +131,16 @@ def check_policy_ref(text: str) -> bytes:
             "that name the product, for example 'webinos-headunit-A'"
         )
     return data
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The service's [policy] settings for keys with an authorized policy."""
+
+    oem_public_key: Path  # PEM, ECC P-256
+    policy_ref: bytes  # names the product; part of every authorized key's policy
+    signed_policy: Path  # where the signed policy of the running release is kept
+    counter_index: int = DEFAULT_COUNTER_INDEX
 
 
 @dataclass(frozen=True)
@@ -246,24 +255,6 @@ def sign_policy(
         policy_ref, release, bank, indices, dict(pcr_values), counter_index,
         approved, signature,
     )
-
-
-def verify_in_software(policy: SignedPolicy, oem_public_pem: bytes) -> None:
-    """Check the OEM signature with cryptography (the TPM checks it again).
-
-    Raises:
-        InvalidArgument: the signature is not the OEM key's.
-    """
-    key = serialization.load_pem_public_key(oem_public_pem)
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise InvalidArgument("the OEM policy key must be an ECC P-256 public key")
-    try:
-        key.verify(policy.signature, policy.signed_data(), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise InvalidArgument(
-            f"signed policy for release {policy.release} is not signed by the "
-            "configured OEM policy key; get a policy signed by that key"
-        ) from None
 
 
 def load_policy_file(path: Path) -> SignedPolicy:
