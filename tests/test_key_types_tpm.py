@@ -214,7 +214,7 @@ async def test_signed_policy_survives_pcr_change(swtpm) -> None:
 
 @pytest.mark.asyncio
 async def test_counter_revokes_old_policy_in_tpm(swtpm) -> None:
-    """Even a policy the service holds already fails once the counter passes it."""
+    """A policy already loaded fails in the TPM once the counter passes its release."""
     oem = ec.generate_private_key(ec.SECP256R1())
     pem = oem.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -363,8 +363,8 @@ async def test_rotation_keeps_old_key_until_certified(stack: Stack) -> None:
     assert again.name == ERROR + "InvalidArgument"
     assert "already being replaced by 'pzp-2'" in again.text
     assert await stack.client.list_keys() == ["pzp-2"]
-    gone = await call_error(stack.client.sign("pzp", data_for("ecdsa-sha256")))
-    assert gone.name == ERROR + "NotFound"
+    deleted = await call_error(stack.client.sign("pzp", data_for("ecdsa-sha256")))
+    assert deleted.name == ERROR + "NotFound"
     verify_with_cryptography(new_der, "ecdsa-sha256",
                              await stack.client.sign("pzp-2", data_for("ecdsa-sha256")),
                              MESSAGE)

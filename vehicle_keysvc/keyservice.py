@@ -25,7 +25,7 @@ from .algorithms import (
     key_type as lookup_key_type,
 )
 from .callers import AccessPolicy, Caller
-from .errors import InvalidArgument, Locked, NotFound
+from .errors import ConfigError, InvalidArgument, KeyServiceError, Locked, NotFound
 from .keystore import KeyRecord, KeyStore, check_key_id, write_file_atomically
 from .monitor import VehicleMonitor
 from .policy import PolicySettings, SignedPolicy, oem_key_name
@@ -201,10 +201,15 @@ class KeyService:
         settings = self.signed_policy
         if settings is None:
             return
-        self._oem_public_pem = settings.oem_public_key.read_bytes()
-        self._authorization = Authorization(
-            oem_key_name(self._oem_public_pem), settings.policy_ref
-        )
+        try:
+            self._oem_public_pem = settings.oem_public_key.read_bytes()
+            name = oem_key_name(self._oem_public_pem)
+        except (OSError, InvalidArgument) as err:
+            raise ConfigError(
+                f"[policy] oem_public_key {settings.oem_public_key}: {err}; give the "
+                "OEM policy key's public key as PEM (ECC P-256)"
+            ) from err
+        self._authorization = Authorization(name, settings.policy_ref)
         if not settings.signed_policy.exists():
             _LOGGER.warning(
                 "no signed policy at %s yet; keys with policy 'authorized' cannot "
@@ -252,7 +257,15 @@ class KeyService:
             raise InvalidArgument(f"signed policy is {len(data)} bytes; at most 65536")
         signed = SignedPolicy.from_bytes(bytes(data))
         counter = await self._load_policy(signed)
-        write_file_atomically(self.signed_policy.signed_policy, bytes(data))
+        path = self.signed_policy.signed_policy
+        try:
+            write_file_atomically(path, bytes(data))
+        except OSError as err:
+            _LOGGER.error("cannot store the signed policy at %s: %s", path, err)
+            raise KeyServiceError(
+                f"the signed policy is in use but cannot be stored at {path} ({err}); "
+                "fix [policy] signed_policy or its folder, then load it again"
+            ) from err
         _LOGGER.info("loaded signed policy for release %d by %s", signed.release, caller)
         return counter
 
@@ -389,8 +402,8 @@ class KeyService:
     ) -> bytes:
         """Create ``new_key_id`` beside ``key_id``; return its public DER.
 
-        The new key has the old key's owner and, unless the options say
-        otherwise, its type, PCR selection and policy kind. The old key
+        The new key has the old key's owner and, unless the options set
+        them, its type, PCR selection and policy kind. The old key
         stays usable until SetCertificate stores a certificate for the new
         key; then the old key is deleted.
         """
@@ -453,7 +466,8 @@ def _owner_uid(options: dict[str, Any]) -> int:
 
 def _describe_policy(blobs: Any) -> str:
     if blobs.authorization is not None:
-        return f"policy signed by the OEM key ({blobs.authorization.policy_ref.decode()!r})"
+        policy_ref = blobs.authorization.policy_ref.decode(errors="replace")
+        return f"policy signed by the OEM key ({policy_ref!r})"
     return f"PCR policy {blobs.pcr_selection}"
 
 

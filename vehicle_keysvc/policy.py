@@ -42,7 +42,6 @@ TPM_CC_POLICY_NV = 0x00000149
 TPM_CC_POLICY_AUTHORIZE = 0x0000016A
 TPM_CC_POLICY_PCR = 0x0000017F
 TPM_EO_UNSIGNED_LE = 0x0009
-TPM_ALG_SHA256 = 0x000B
 
 # Owner NV index of the release counter (TCG Registry of Reserved TPM 2.0
 # Handles: 0x01800000..0x01BFFFFF are for the owner).
@@ -255,11 +254,3 @@ def sign_policy(
         policy_ref, release, bank, indices, dict(pcr_values), counter_index,
         approved, signature,
     )
-
-
-def load_policy_file(path: Path) -> SignedPolicy:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise InvalidArgument(f"cannot read signed policy {path}: {err}") from err
-    return SignedPolicy.from_bytes(data)

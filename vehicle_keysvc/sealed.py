@@ -1,8 +1,9 @@
 """Unsealed Ed25519 seeds, kept in memory only while the gate is unlocked.
 
-The TPM unseals a seed only under the key's policy and only when the gate
-is unlocked. The cache keeps each seed in a ``bytearray`` and overwrites
-it with zeros on every lock event, on key deletion and at shutdown.
+The service asks the TPM to unseal a seed only while the gate is unlocked,
+and the TPM unseals it only under the key's policy. The cache keeps each
+seed in a ``bytearray`` and overwrites it with zeros on every lock event,
+on key deletion and at shutdown.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Every ESAPI call runs on one worker thread, because ESAPI blocks and is not
 thread-safe; the asyncio loop only awaits that thread. No transient object
 stays loaded between requests: each operation loads the key, signs and
-flushes it. At most two objects are loaded at once (a key, or the OEM
-policy key while a signed policy is checked, plus the session), so the
-service fits the three transient slots a TPM must have, and a TPM reset
-loses nothing but the connection state.
+flushes it. At most one object is loaded at a time (a key, or the OEM
+policy key while a signed policy is checked), far below the three
+transient slots a TPM must have, and a TPM reset loses nothing but the
+connection state.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ _LOCKOUT_CODE = int(TPM2_RC.LOCKOUT)
 _PT_HR_TRANSIENT_MIN = 0x10E
 _PERMANENT_IN_LOCKOUT = 0x200  # TPMA_PERMANENT.inLockout (bit 9)
 _PT_PERMANENT = 0x200  # TPM_PT_PERMANENT
-_MAX_LOADED_OBJECTS = 2
+_MAX_LOADED_OBJECTS = 1
 # TCTIs that talk to the TPM without a resource manager, so objects that a
 # crashed process left loaded stay loaded until someone flushes them.
 _RAW_TCTIS = ("swtpm", "mssim")
@@ -611,6 +611,7 @@ class TpmBackend:
         esapi = self._esapi
         assert esapi is not None
         auth_policy = self._auth_policy(selection, authorization)
+
         if key_type.sealed:
             seed = bytearray(
                 private_key.private_bytes(
@@ -638,6 +639,7 @@ class TpmBackend:
         )
         public = TPM2B_PUBLIC.from_pem(public_pem, objectAttributes=_IMPORTED_KEY_ATTRIBUTES)
         public.publicArea.authPolicy = auth_policy
+
         srk_public, *_ = esapi.read_public(self._srk)
         symmetric = TPMT_SYM_DEF_OBJECT.parse("aes128cfb")
         encryption_key, duplicate, seed = wrap(
@@ -670,15 +672,20 @@ class TpmBackend:
                 "the loaded signed policy is for another OEM key or policy "
                 "reference than the key was created with"
             )
+
         selection = PcrSelection(policy.bank, policy.indices)
         esapi.policy_pcr(session, None, selection.to_tpm())
         counter = esapi.tr_from_tpmpublic(policy.counter_index)
-        esapi.policy_nv(
-            counter, counter, session,
-            TPM2B_OPERAND(policy.release.to_bytes(8, "big")),
-            TPM2_EO.UNSIGNED_LE,
-            session1=ESYS_TR.PASSWORD,
-        )
+        try:
+            esapi.policy_nv(
+                counter, counter, session,
+                TPM2B_OPERAND(policy.release.to_bytes(8, "big")),
+                TPM2_EO.UNSIGNED_LE,
+                session1=ESYS_TR.PASSWORD,
+            )
+        finally:
+            esapi.tr_close(counter)
+
         if bytes(esapi.policy_get_digest(session)) != policy.approved_policy:
             raise PolicyMismatch(
                 f"the PCR values differ from those of the signed policy for "
@@ -760,7 +767,10 @@ class TpmBackend:
             )
         while value < policy.release:
             counter = esapi.tr_from_tpmpublic(policy.counter_index)
-            esapi.nv_increment(counter, ESYS_TR.OWNER)
+            try:
+                esapi.nv_increment(counter, ESYS_TR.OWNER)
+            finally:
+                esapi.tr_close(counter)
             value = self._read_counter(policy.counter_index) or 0
         self._policy, self._ticket, self._oem_key_name = policy, ticket, oem_key_name
         _LOGGER.info(
@@ -777,7 +787,14 @@ class TpmBackend:
         assert esapi is not None
         _LOGGER.info("defining the release counter at NV index 0x%08x", index)
         counter = esapi.nv_define_space(None, counter_public(index, written=False))
-        esapi.nv_increment(counter, ESYS_TR.OWNER)
+        try:
+            esapi.nv_increment(counter, ESYS_TR.OWNER)
+        except TSS2_Exception:
+            # An NV index that was never written cannot be read, so undo the
+            # definition and let the next load start again.
+            esapi.nv_undefine_space(counter, ESYS_TR.OWNER)
+            raise
+        esapi.tr_close(counter)
         value = self._read_counter(index)
         assert value is not None
         return value
@@ -791,7 +808,10 @@ class TpmBackend:
             if _base_code(err) != _HANDLE_CODE:
                 raise
             return None
-        data = esapi.nv_read(counter, 8, 0, auth_handle=counter)
+        try:
+            data = esapi.nv_read(counter, 8, 0, auth_handle=counter)
+        finally:
+            esapi.tr_close(counter)
         return int.from_bytes(bytes(data), "big")
 
     # Test and operator helpers --------------------------------------------
