@@ -301,3 +301,34 @@ def test_lockout_code_translated() -> None:
     assert isinstance(error, TpmLockout)
     assert "dictionary-attack lockout" in str(error)
     tpm._executor.shutdown()
+
+
+def key_with_short_field(field: str) -> ec.EllipticCurvePrivateKey:
+    """Generate P-256 keys until ``field`` (x or d) has a leading zero byte."""
+    while True:
+        key = ec.generate_private_key(ec.SECP256R1())
+        numbers = key.private_numbers()
+        value = numbers.public_numbers.x if field == "x" else numbers.private_value
+        if value < 2**248:
+            return key
+
+
+@pytest.mark.asyncio
+async def test_leading_zero_keys_import_and_authorize(swtpm) -> None:
+    short_x = key_with_short_field("x")
+    short_d = key_with_short_field("d")
+    pem = short_x.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    tpm = TpmBackend(swtpm.tcti)
+    await tpm.start()
+    try:
+        for private_key in (short_x, short_d):
+            blobs, public_der = await tpm.import_key(KEY_TYPES["ecc-p256"], private_key,
+                                                     SELECTION)
+            signature = await sign_with(tpm, blobs, "ecdsa-sha256", MESSAGE)
+            verify_with_cryptography(public_der, "ecdsa-sha256", signature, MESSAGE)
+        policy = sign_policy(short_x, POLICY_REF, 1, "sha256", (7, 16),
+                             pcr_values(swtpm.port, (7, 16)))
+        assert await tpm.load_policy(policy, pem) == 1
+    finally:
+        await tpm.close()

@@ -34,6 +34,7 @@ from tpm2_pytss.constants import (  # noqa: E402
     ESYS_TR,
     TPM2_ALG,
     TPM2_CAP,
+    TPM2_ECC,
     TPM2_EO,
     TPM2_HC,
     TPM2_NT,
@@ -217,10 +218,40 @@ def oem_public_area(public_pem: bytes) -> TPM2B_PUBLIC:
         key.curve, ec.SECP256R1
     ):
         raise InvalidArgument("the OEM policy key must be an ECC P-256 public key")
-    return TPM2B_PUBLIC.from_pem(
+    public = TPM2B_PUBLIC.from_pem(
         public_pem,
         objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH,
     )
+    _pad_ecc_public(public)
+    return public
+
+
+_ECC_SIZES = {int(TPM2_ECC.NIST_P256): 32, int(TPM2_ECC.NIST_P384): 48}
+
+
+def _pad_ecc_public(public: TPM2B_PUBLIC) -> None:
+    """Give an ECC point's coordinates the full size of the curve.
+
+    tpm2-pytss 3.0 drops leading zero bytes when it reads a PEM key, and
+    swtpm 0.7.1 rejects such a point (TPM_RC_KEY) in TPM2_LoadExternal
+    and TPM2_Import, so about one key in 128 would fail.
+    """
+    area = public.publicArea
+    if area.type != TPM2_ALG.ECC:
+        return
+    size = _ECC_SIZES[int(area.parameters.eccDetail.curveID)]
+    area.unique.ecc.x = bytes(area.unique.ecc.x).rjust(size, b"\0")
+    area.unique.ecc.y = bytes(area.unique.ecc.y).rjust(size, b"\0")
+
+
+def _pad_ecc_sensitive(public: TPM2B_PUBLIC, sensitive: TPM2B_SENSITIVE) -> None:
+    """Give an ECC private scalar the full size of the curve (see above)."""
+    area = public.publicArea
+    if area.type != TPM2_ALG.ECC:
+        return
+    size = _ECC_SIZES[int(area.parameters.eccDetail.curveID)]
+    composite = sensitive.sensitiveArea.sensitive
+    composite.ecc = bytes(composite.ecc).rjust(size, b"\0")
 
 
 def _base_code(err: TSS2_Exception) -> int:
@@ -639,6 +670,8 @@ class TpmBackend:
         )
         public = TPM2B_PUBLIC.from_pem(public_pem, objectAttributes=_IMPORTED_KEY_ATTRIBUTES)
         public.publicArea.authPolicy = auth_policy
+        _pad_ecc_public(public)
+        _pad_ecc_sensitive(public, sensitive)
 
         srk_public, *_ = esapi.read_public(self._srk)
         symmetric = TPMT_SYM_DEF_OBJECT.parse("aes128cfb")
