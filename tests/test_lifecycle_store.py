@@ -234,3 +234,24 @@ def test_policy_help_runs() -> None:
                              "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
     assert "--release" in result.stdout
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("pcrs", "sha256:7,99", "indices must be 0..23"),
+    ("pcr_values", [], "malformed"),
+    ("release_counter", "zz", "malformed"),
+    ("policy_ref", 5, "malformed"),
+    ("signature", "not base64!", "malformed"),
+])
+def test_signed_policy_rejects_bad_fields(tmp_path: Path, field: str, value: object,
+                                          message: str) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"7": "11" * 32}))
+    output = tmp_path / "signed.json"
+    assert main(["policy", "sign", "--key", str(write_oem_key(tmp_path)),
+                 "--pcrs", "sha256:7", "--values", str(values), "--policy-ref", "p",
+                 "--release", "1", "-o", str(output)]) == 0
+    data = json.loads(output.read_text())
+    data[field] = value
+    with pytest.raises(InvalidArgument, match=message):
+        SignedPolicy.from_bytes(json.dumps(data).encode())

@@ -201,6 +201,8 @@ class SignedPolicy:
                 raise ValueError(f"pcrs {raw['pcrs']!r} is not BANK:INDICES")
             bank = match.group(1)
             indices = tuple(sorted({int(i) for i in match.group(2).split(",")}))
+            if indices[-1] > 23:
+                raise ValueError(f"pcrs {raw['pcrs']!r}: indices must be 0..23")
             values = {int(k): bytes.fromhex(v) for k, v in raw["pcr_values"].items()}
             if set(values) != set(indices):
                 raise ValueError("pcr_values must give exactly the PCRs in pcrs")

@@ -908,12 +908,15 @@ def _encode_signature(signature: TPMT_SIGNATURE) -> bytes:
 def _ecdsa_signature(der: bytes) -> TPMT_SIGNATURE:
     try:
         r, s = asym_utils.decode_dss_signature(der)
-    except ValueError as err:
-        raise InvalidArgument(f"signed policy signature is not DER ECDSA: {err}") from err
+        r_bytes, s_bytes = r.to_bytes(32, "big"), s.to_bytes(32, "big")
+    except (ValueError, OverflowError) as err:
+        raise InvalidArgument(
+            f"signed policy signature is not a DER ECDSA P-256 signature: {err}"
+        ) from err
     signature = TPMT_SIGNATURE(sigAlg=TPM2_ALG.ECDSA)
     signature.signature.ecdsa.hash = TPM2_ALG.SHA256
-    signature.signature.ecdsa.signatureR = r.to_bytes(32, "big")
-    signature.signature.ecdsa.signatureS = s.to_bytes(32, "big")
+    signature.signature.ecdsa.signatureR = r_bytes
+    signature.signature.ecdsa.signatureS = s_bytes
     return signature
 
 
