@@ -28,7 +28,10 @@ HASHES = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
 
 def verify_with_cryptography(public_der: bytes, algorithm: str, signature: bytes,
                              message: bytes) -> None:
-    """Verify over the message; raise InvalidSignature if it does not match."""
+    """Verify over the message; raise InvalidSignature if it does not match.
+
+    RSA-PSS is checked with a salt as long as the digest, as the README states.
+    """
     key = serialization.load_der_public_key(public_der)
     spec = SIGN_ALGORITHMS[algorithm]
     if spec.family == "ed25519":
@@ -41,7 +44,7 @@ def verify_with_cryptography(public_der: bytes, algorithm: str, signature: bytes
         assert isinstance(key, rsa.RSAPublicKey)
         chosen = HASHES[spec.hash_name]
         pad = (padding.PKCS1v15() if spec.family == "rsassa" else
-               padding.PSS(mgf=padding.MGF1(chosen), salt_length=padding.PSS.AUTO))
+               padding.PSS(mgf=padding.MGF1(chosen), salt_length=spec.digest_size))
         key.verify(signature, message, pad, chosen)
 
 

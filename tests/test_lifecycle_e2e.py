@@ -407,6 +407,9 @@ async def with_policy_config(stack: Stack, oem_key: ec.EllipticCurvePrivateKey) 
     text = stack.config.read_text()
     stack.config.write_text(text + f'\n[policy]\noem_public_key = "oem.pem"\n'
                                    f'policy_ref = "{POLICY_REF}"\n')
+    # Stop only once the CAN connection is up: a stop during the socketcand
+    # handshake waits for the simulator, which runs in this blocked loop.
+    await unlocked(stack)
     assert stack.stop_service() == 0
     await stack.start_service()
 
