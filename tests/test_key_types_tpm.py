@@ -340,9 +340,9 @@ async def test_leading_zero_keys_import_and_authorize(swtpm) -> None:
 def test_oversized_policy_signature_rejected() -> None:
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from vehicle_keysvc.tpm import _ecdsa_signature
+    from vehicle_keysvc.tpm_encoding import ecdsa_signature
 
     with pytest.raises(InvalidArgument, match="not a DER ECDSA P-256 signature"):
-        _ecdsa_signature(encode_dss_signature(2**300, 1))
+        ecdsa_signature(encode_dss_signature(2**300, 1))
     with pytest.raises(InvalidArgument, match="not a DER ECDSA P-256 signature"):
-        _ecdsa_signature(b"\x30\x00junk")
+        ecdsa_signature(b"\x30\x00junk")

@@ -41,7 +41,19 @@ async def stack(swtpm, dbus_daemon, bus, tmp_path: Path) -> AsyncIterator[Stack]
     try:
         yield running
     finally:
+        if running.service is not None:
+            await can_connected(running)
         await running.close()
+
+
+async def can_connected(stack: Stack) -> None:
+    """Wait until the service's socketcand connection is in raw mode.
+
+    A service stopped during its socketcand handshake waits for the
+    simulator, which runs in the test's event loop, and the synchronous stop
+    blocks that loop. So the tests stop the service only after this.
+    """
+    await wait_until(lambda: stack.server.client_count >= 1, timeout=15.0)
 
 
 async def unlocked(stack: Stack) -> None:
@@ -338,6 +350,7 @@ async def test_certificate_chain_stored_and_checked(stack: Stack) -> None:
     assert x509.load_pem_x509_certificates(stored)[0] == leaf
     await stack.client.set_certificate("pzp", der_chain)
     assert await stack.client.get_certificate("pzp") == chain
+    await can_connected(stack)
     assert stack.stop_service() == 0
     await stack.start_service()
     assert await stack.client.get_certificate("pzp") == chain
@@ -407,9 +420,7 @@ async def with_policy_config(stack: Stack, oem_key: ec.EllipticCurvePrivateKey) 
     text = stack.config.read_text()
     stack.config.write_text(text + f'\n[policy]\noem_public_key = "oem.pem"\n'
                                    f'policy_ref = "{POLICY_REF}"\n')
-    # Stop only once the CAN connection is up: a stop during the socketcand
-    # handshake waits for the simulator, which runs in this blocked loop.
-    await unlocked(stack)
+    await can_connected(stack)
     assert stack.stop_service() == 0
     await stack.start_service()
 
@@ -466,6 +477,7 @@ async def test_signed_policy_over_the_air_update(stack: Stack, tmp_path: Path) -
     assert "not signed by the configured OEM policy key" in rejected.text
 
     # After a restart the stored release 2 policy is used again.
+    await can_connected(stack)
     assert stack.stop_service() == 0
     await stack.start_service()
     await unlocked(stack)

@@ -108,16 +108,16 @@ def counter_nv_name(index: int) -> bytes:
     """Return the TPM name of the release counter after its first increment.
 
     The name covers the NV public area, so it fixes the attributes the
-    service defines the counter with (see ``tpm.COUNTER_ATTRIBUTES``).
+    service defines the counter with (see ``tpm_encoding.COUNTER_ATTRIBUTES``).
     """
-    from .tpm import counter_public  # the TPM types live in the backend
+    from .tpm_encoding import counter_public
 
     return bytes(counter_public(index).get_name())
 
 
 def oem_key_name(public_pem: bytes) -> bytes:
     """Return the TPM name of the OEM public key as the service loads it."""
-    from .tpm import oem_public_area
+    from .tpm_encoding import oem_public_area
 
     return bytes(oem_public_area(public_pem).get_name())
 
