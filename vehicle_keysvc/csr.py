@@ -53,8 +53,9 @@ def parse_subject(subject: str) -> x509.Name:
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as err:
+        detail = f" ({err})" if str(err) else ""
         raise InvalidArgument(
-            f"subject {subject!r} is invalid ({err}); write RFC 4514 text such as "
+            f"subject {subject!r} is invalid{detail}; write RFC 4514 text such as "
             "'CN=car-pzp,O=webinos'"
         ) from None
     if len(name) == 0:
