@@ -7,6 +7,7 @@ on the service process.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import subprocess
@@ -414,6 +415,17 @@ def policy_sign(tmp_path: Path, key: Path, release: int, port: int | None = None
     return output
 
 
+async def policy_load(stack: Stack, path: Path) -> tuple[int, str, str]:
+    """Run ``vehicle-keysvc policy load`` without blocking the simulator's loop."""
+    loader = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vehicle_keysvc.cli", "policy", "load", str(path),
+        "--bus", stack.dbus.address, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(loader.communicate(), timeout=60)
+    assert loader.returncode is not None
+    return loader.returncode, stdout.decode(), stderr.decode()
+
+
 async def with_policy_config(stack: Stack, oem_key: ec.EllipticCurvePrivateKey) -> None:
     """Restart the service with a [policy] section naming ``oem_key``."""
     (stack.directory / "oem.pem").write_bytes(pem_public(oem_key))
@@ -435,7 +447,9 @@ async def test_signed_policy_over_the_air_update(stack: Stack, tmp_path: Path) -
 
     # Release 1 is built, measured on a reference unit and signed.
     release1 = policy_sign(tmp_path, tmp_path / "oem-private.pem", 1, port=port)
-    assert await stack.client.load_policy(release1.read_bytes()) >= 1
+    code, stdout, stderr = await policy_load(stack, release1)
+    assert code == 0, stderr
+    assert "signed policy loaded; release counter is 1" in stdout
     public_der = await stack.client.generate("pzp", "ecc-p256", authorized)
     ed_der = await stack.client.generate("pzp-ed", "ed25519", authorized)
     await unlocked(stack)
@@ -469,6 +483,10 @@ async def test_signed_policy_over_the_air_update(stack: Stack, tmp_path: Path) -
     rollback = await call_error(stack.client.load_policy(release1.read_bytes()))
     assert rollback.name == ERROR + "InvalidArgument"
     assert "rollback" in rollback.text
+    code, _, stderr = await policy_load(stack, release1)
+    assert code == 2
+    assert "rollback to an older release is rejected" in stderr
+    assert "(InvalidArgument)" in stderr
     other = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "other.pem").write_bytes(pem_private(other))
     forged = policy_sign(tmp_path, tmp_path / "other.pem", 3, port=port)
