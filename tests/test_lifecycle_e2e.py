@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from dbus_fast import Variant
 
-from conftest import REPO, wait_until
+from conftest import REPO, ServiceProcess, wait_until
 from stack import Stack, start_stack
 from test_key_types_tpm import verify_with_cryptography, verify_with_openssl
 from test_service_e2e import dbus_send_as
@@ -525,3 +525,36 @@ async def test_load_policy_checks(stack: Stack, tmp_path: Path) -> None:
     assert "malformed" in malformed.text
     assert denied.returncode != 0
     assert "LoadPolicy is for administrators" in denied.stderr
+
+
+@pytest.mark.asyncio
+async def test_damaged_policy_files_at_start(stack: Stack, tmp_path: Path) -> None:
+    oem = ec.generate_private_key(ec.SECP256R1())
+    await with_policy_config(stack, oem)
+    await stack.client.generate("pzp", "ecc-p256", {"owner_uid": Variant("u", 0),
+                                                    "policy": Variant("s", "authorized")})
+    # A stored signed policy that was tampered with is logged, not fatal.
+    (stack.directory / "signed-policy.json").write_text('{"format": "other"}')
+    await can_connected(stack)
+    assert stack.stop_service() == 0
+    await stack.start_service()
+    await unlocked(stack)
+    error = await call_error(stack.client.sign("pzp", data_for("ecdsa-sha256")))
+    assert error.name == ERROR + "PolicyMismatch"
+    assert "none is loaded" in error.text
+    assert stack.service is not None
+    assert "cannot use the signed policy" in stack.service.log()
+
+    # An OEM key file that is not a PEM public key stops the service at start.
+    (stack.directory / "oem.pem").write_text("not a key")
+    await can_connected(stack)
+    assert stack.stop_service() == 0
+
+    broken = ServiceProcess(stack.config, stack.directory / "broken.log")
+    try:
+        broken.proc.wait(timeout=30)
+    finally:
+        broken.stop()
+    assert broken.proc.returncode == 2
+    assert "[policy] oem_public_key" in broken.log()
+    assert "not a PEM public key" in broken.log()
