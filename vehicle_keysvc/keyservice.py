@@ -74,8 +74,11 @@ class KeyService:
     ) -> bytes:
         """Sign ``digest`` with the caller's key while the gate is unlocked.
 
+        For ``ed25519`` the argument is the message itself.
+
         Raises:
-            InvalidArgument: unknown algorithm or wrong digest length.
+            InvalidArgument: unknown algorithm, an algorithm that does not
+                fit the key, or a wrong digest length.
             NotFound: no such key.
             AccessDenied: the caller does not own the key.
             Locked: the gate is locked, or locked while the TPM signed.
