@@ -4,6 +4,8 @@ Compares, for one ECC P-256 key bound to PolicyPCR:
 
 - ``dbus``: Sign over D-Bus on the service process (private dbus-daemon,
   gate unlocked by the simulated car over socketcand);
+- ``dbus-signed``: the same with a key whose policy is signed by an OEM
+  key (PolicyPCR, PolicyNV on the release counter, PolicyAuthorize);
 - ``in-process``: the same load, PolicyPCR and TPM2_Sign, then flush,
   called directly with tpm2-pytss in this process;
 - ``tpm2-tools``: the same steps as a shell script would run them with
@@ -41,9 +43,9 @@ from pathlib import Path
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 
-from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, utils  # noqa: E402
-from dbus_fast import Message  # noqa: E402
+from dbus_fast import Message, Variant  # noqa: E402
 from dbus_fast.aio import MessageBus  # noqa: E402
 from tpm2_pytss import ESAPI, TCTILdr  # noqa: E402
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_SE, TPM2_ST  # noqa: E402
@@ -61,12 +63,15 @@ from sim.socketcand import SocketcandServer  # noqa: E402
 from sim.transmit import PeriodicTransmitter  # noqa: E402
 from sim.vehicle import ReferenceVehicle  # noqa: E402
 from vehicle_keysvc.client import KeyStorageClient  # noqa: E402
+from vehicle_keysvc.policy import sign_policy  # noqa: E402
 from vehicle_keysvc.tpm import SRK_HANDLE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PCRS = "sha256:7,16"
 DIGEST = hashlib.sha256(b"bench").digest()
 KEY_ID = "bench"
+AUTHORIZED_KEY_ID = "bench-authorized"
+POLICY_REF = "bench-product"
 
 # Returns the seconds one signature took.
 Sampler = Callable[[], Awaitable[float]]
@@ -95,8 +100,33 @@ def write_config(directory: Path, swtpm: Swtpm, bus_address: str, can_port: int)
         interface = "socketcand"
         channel = "vcan0"
         options = {{ host = "127.0.0.1", port = {can_port} }}
+
+        [policy]
+        oem_public_key = "oem.pem"
+        policy_ref = "{POLICY_REF}"
         """))
     return path
+
+
+def write_oem_key(directory: Path) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (directory / "oem.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
+
+def read_pcr_values(swtpm: Swtpm) -> dict[int, bytes]:
+    tcti = TCTILdr("swtpm", f"host=127.0.0.1,port={swtpm.port}")
+    esapi = ESAPI(tcti)
+    try:
+        values = {}
+        for index in (7, 16):
+            _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(f"sha256:{index}"))
+            values[index] = bytes(digests[0])
+        return values
+    finally:
+        esapi.close()
+        tcti.close()
 
 
 async def wait_for_name(bus: MessageBus, proc: subprocess.Popen[bytes]) -> None:
@@ -260,6 +290,7 @@ async def run(rounds: int, per_round: int, duration: float) -> int:
     await server.start()
     transmitter = PeriodicTransmitter(vehicle, server.broadcast)
     transmitter.start()
+    oem_key = write_oem_key(work)
     log = open(work / "service.log", "ab")
     service = subprocess.Popen(
         [sys.executable, "-m", "vehicle_keysvc.cli", "run", "--config",
@@ -271,6 +302,11 @@ async def run(rounds: int, per_round: int, duration: float) -> int:
         await wait_for_name(bus, service)
         client = KeyStorageClient(bus)
         await client.generate_key(KEY_ID, owner_uid=os.getuid())
+        signed = sign_policy(oem_key, POLICY_REF.encode(), 1, "sha256", (7, 16),
+                             read_pcr_values(swtpm))
+        await client.load_policy(signed.to_json().encode())
+        await client.generate(AUTHORIZED_KEY_ID, "ecc-p256", {
+            "owner_uid": Variant("u", os.getuid()), "policy": Variant("s", "authorized")})
         await wait_unlocked(client)
         record = json.loads((work / "keys" / f"{KEY_ID}.key.json").read_text())
         public = base64.b64decode(record["tpm_public"])
@@ -285,6 +321,8 @@ async def run(rounds: int, per_round: int, duration: float) -> int:
 
         samplers: dict[str, Sampler] = {
             "dbus": lambda: timed_async(lambda: client.sign(KEY_ID, DIGEST)),
+            "dbus-signed": lambda: timed_async(
+                lambda: client.sign(AUTHORIZED_KEY_ID, DIGEST)),
             "in-process": lambda: timed_blocking(signer.sign),
             "software": lambda: timed_blocking(software_sign),
         }
@@ -314,6 +352,8 @@ async def run(rounds: int, per_round: int, duration: float) -> int:
                   f"{percentile(values, 0.99) * 1000:10.3f}")
         print(f"\nratio dbus / in-process (medians): "
               f"{medians['dbus'] / medians['in-process']:.2f}")
+        print(f"ratio dbus-signed / dbus (medians): "
+              f"{medians['dbus-signed'] / medians['dbus']:.2f}")
         print(f"ratio in-process / software (medians): "
               f"{medians['in-process'] / medians['software']:.1f}")
         if "tpm2-tools" in medians:
