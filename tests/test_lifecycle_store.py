@@ -73,6 +73,25 @@ def test_future_version_skipped(tmp_path: Path, caplog) -> None:
     assert "format version 9 is not supported" in caplog.text
 
 
+@pytest.mark.parametrize("field,value", [
+    ("certificate_chain", 5),
+    ("certificate_chain", "caf\u00e9"),
+    ("replaces", "../escape"),
+    ("authorization", "not a table"),
+    ("authorization", {"oem_key_name": "zz", "policy_ref": ""}),
+])
+def test_damaged_version2_fields_skipped(tmp_path: Path, caplog, field: str,
+                                          value: object) -> None:
+    data = json.loads(version1_file("bad"))
+    data["version"] = 2
+    data[field] = value
+    (tmp_path / "bad.key.json").write_text(json.dumps(data))
+    store = KeyStore(tmp_path)
+    store.load()
+    assert store.ids() == []
+    assert "bad.key.json is damaged" in caplog.text
+
+
 def test_interrupted_write_is_removed(tmp_path: Path) -> None:
     (tmp_path / ".tmp-abc123").write_text('{"version": 2, "key_id": "half')
     store = KeyStore(tmp_path)

@@ -101,6 +101,9 @@ class KeyRecord:
                 PcrSelection.parse(data["pcr_selection"]),
                 authorization,
             )
+            chain = data.get("certificate_chain", "")
+            if not isinstance(chain, str):
+                raise ValueError("certificate_chain is not a PEM string")
             replaces = data.get("replaces")
             if replaces is not None:
                 check_key_id(replaces)
@@ -113,7 +116,7 @@ class KeyRecord:
                 owner_uid=owner_uid,
                 blobs=blobs,
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
-                certificate_chain=data.get("certificate_chain", "").encode("ascii"),
+                certificate_chain=chain.encode("ascii"),
                 replaces=replaces,
             )
         except (ValueError, KeyError, TypeError) as err:
