@@ -30,6 +30,10 @@ class SealingTpm:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.unsealed: list[bytearray] = []
+        self.checks = 0
+
+    async def check_policy(self, blobs: KeyBlobs) -> None:
+        self.checks += 1
 
     async def unseal(self, blobs: KeyBlobs) -> bytearray:
         self.started.set()
@@ -63,6 +67,7 @@ async def test_seed_cached_until_lock(tmp_path) -> None:
     key.verify(first, b"one")
     key.verify(second, b"two")
     assert len(tpm.unsealed) == 1  # the second Sign used the cached seed
+    assert tpm.checks == 1  # after the TPM checked the policy again
     assert len(service.seeds) == 1
 
     vehicle.set(power_mode="OFF")

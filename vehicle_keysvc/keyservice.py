@@ -22,7 +22,14 @@ from .algorithms import (
     key_type as lookup_key_type,
 )
 from .callers import AccessPolicy, Caller
-from .errors import ConfigError, InvalidArgument, KeyServiceError, Locked, NotFound
+from .errors import (
+    ConfigError,
+    InvalidArgument,
+    KeyServiceError,
+    Locked,
+    NotFound,
+    PolicyMismatch,
+)
 from .key_import import key_type_of, parse_private_key
 from .keystore import KeyRecord, KeyStore, check_key_id, write_file_atomically
 from .monitor import VehicleMonitor
@@ -133,7 +140,16 @@ class KeyService:
                     wipe(seed)
                 else:
                     self.seeds.put(record.key_id, seed)
-            if not self._locked_since(epoch):
+            else:
+                # The TPM checked the policy when it unsealed; check it again
+                # so that a PCR change since then stops the key.
+                try:
+                    await self.tpm.check_policy(record.blobs)
+                except PolicyMismatch:
+                    self.seeds.discard(record.key_id)
+                    raise
+                seed = self.seeds.get(record.key_id)
+            if seed is not None and not self._locked_since(epoch):
                 return sign_with_seed(seed, data)
         else:
             signature = await self.tpm.sign(record.blobs, data, spec)

@@ -301,6 +301,17 @@ class TpmBackend:
         """
         return await self._call(self._unseal, blobs)
 
+    async def check_policy(self, blobs: KeyBlobs) -> None:
+        """Check in a policy session that the key's policy holds now, without the key.
+
+        Used before signing with an unsealed seed, so that a PCR change
+        at run time stops an Ed25519 key as it stops a TPM-resident one.
+
+        Raises:
+            PolicyMismatch: as for :meth:`sign`.
+        """
+        await self._call(self._check_policy, blobs)
+
     async def load_policy(self, policy: SignedPolicy, oem_public_pem: bytes) -> int:
         """Verify a signed policy with the TPM and use it for authorized keys.
 
@@ -678,6 +689,22 @@ class TpmBackend:
         finally:
             _flush_quietly(esapi, key)
         return encode_signature(signature)
+
+    def _check_policy(self, blobs: KeyBlobs) -> None:
+        esapi = self._esapi
+        assert esapi is not None
+        public, _ = TPM2B_PUBLIC.unmarshal(blobs.public)
+        session = _start_session(esapi, TPM2_SE.POLICY)
+        try:
+            self._satisfy_policy(session, blobs)
+            digest = bytes(esapi.policy_get_digest(session))
+        finally:
+            _flush_quietly(esapi, session)
+        if digest != bytes(public.publicArea.authPolicy):
+            raise PolicyMismatch(
+                "the TPM rejected the key's PCR policy: the platform state "
+                "differs from the one the key was sealed to"
+            )
 
     def _unseal(self, blobs: KeyBlobs) -> bytearray:
         esapi = self._esapi
