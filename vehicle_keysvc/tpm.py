@@ -302,7 +302,7 @@ class TpmBackend:
         return await self._call(self._unseal, blobs)
 
     async def check_policy(self, blobs: KeyBlobs) -> None:
-        """Check in a policy session that the key's policy is satisfied now, without the key.
+        """Check that the key's policy is satisfied now, in a session without the key.
 
         Used before signing with an unsealed seed, so that a PCR change
         at run time stops an Ed25519 key as it stops a TPM-resident one.
