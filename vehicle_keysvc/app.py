@@ -45,7 +45,7 @@ async def run_service(
     WATCHDOG=1 if WatchdogSec= is set, and STOPPING=1 when it stops.
 
     Raises:
-        ConfigError: the profile is invalid.
+        ConfigError: the profile or the OEM policy key is invalid.
         TpmUnavailable: the TPM cannot be reached at start.
         NameTaken: another process owns the bus name.
         KeyServiceError: the key folder or the D-Bus bus cannot be used.
@@ -65,9 +65,17 @@ async def run_service(
     monitor = build_monitor(config, profile)
     store = KeyStore(config.key_dir)
     store.load()
+    for record in store.records():
+        if (record.gate_policy is not None
+                and record.gate_policy not in config.gate_policies):
+            _LOGGER.error(
+                "key %r needs gate policy %r, which the config does not define; "
+                "the key stays locked", record.key_id, record.gate_policy,
+            )
     tpm = TpmBackend(config.tcti)
     await tpm.start()
-    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection)
+    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection,
+                      config.signed_policy)
     source = CanStateSource(
         monitor, config.can_interface, config.can_channel, config.can_options,
         config.tick_interval,
@@ -81,6 +89,8 @@ async def run_service(
     bus = None
     background: list[asyncio.Task[None]] = []
     try:
+        core.finish_rotations()
+        await core.start_signed_policy()
         try:
             bus = await asyncio.wait_for(connect_bus(config.bus), timeout=30.0)
         except (OSError, ValueError, TimeoutError, EOFError) as err:
@@ -115,6 +125,7 @@ async def run_service(
         await asyncio.gather(*background, return_exceptions=True)
         await notifier.stop_watchdog()
         await source.stop()
+        core.seeds.wipe_all("service stopping")
         if bus is not None:
             bus.disconnect()
         await tpm.close()

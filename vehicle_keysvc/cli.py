@@ -1,5 +1,5 @@
-"""Command line: ``vehicle-keysvc run | replay | profile check``, and the operator
-commands of cli_ops."""
+"""Command line: ``vehicle-keysvc run | replay | profile check | policy``, and the
+operator commands of cli_ops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import cli_profile
+from . import cli_policy, cli_profile
 from .cli_ops import register_operator_commands
 from .config import load_config
 from .errors import KeyServiceError
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
     cli_profile.register(commands)
+    cli_policy.register(commands)
     register_operator_commands(commands)
     return parser
 

@@ -74,23 +74,54 @@ class KeyStorageClient:
         return bytes((await self._call("Sign", "says", [key_id, digest, algorithm]))[0])
 
     async def generate_key(self, key_id: str, owner_uid: int, key_type: str = "ecc-p256",
-                           pcrs: str | None = None) -> bytes:
+                           pcrs: str | None = None,
+                           gate_policy: str | None = None) -> bytes:
         options = {"owner_uid": Variant("u", owner_uid)}
         if pcrs is not None:
             options["pcrs"] = Variant("s", pcrs)
+        if gate_policy is not None:
+            options["gate_policy"] = Variant("s", gate_policy)
         return bytes((await self._call("GenerateKey", "ssa{sv}", [key_id, key_type, options]))[0])
 
     async def delete_key(self, key_id: str) -> None:
         await self._call("DeleteKey", "s", [key_id])
 
-    async def import_key(self, key_id: str, key_data: bytes, owner_uid: int,
-                         pcrs: str | None = None) -> bytes:
-        """Import a private key (PEM or DER) into the TPM; return its public DER."""
+    async def generate(self, key_id: str, key_type: str,
+                       options: dict[str, Variant]) -> bytes:
+        """Call GenerateKey with any options, e.g. ``{"policy": Variant("s", "authorized")}``."""
+        return bytes((await self._call("GenerateKey", "ssa{sv}",
+                                       [key_id, key_type, options]))[0])
+
+    async def import_key(self, key_id: str, private_key: bytes, owner_uid: int,
+                         pcrs: str | None = None, policy: str | None = None) -> bytes:
         options = {"owner_uid": Variant("u", owner_uid)}
         if pcrs is not None:
             options["pcrs"] = Variant("s", pcrs)
-        body = [key_id, key_data, options]
+        if policy is not None:
+            options["policy"] = Variant("s", policy)
+        body = [key_id, bytes(private_key), options]
         return bytes((await self._call("ImportKey", "saya{sv}", body))[0])
+
+    async def create_csr(self, key_id: str, subject: str,
+                         algorithm: str | None = None) -> bytes:
+        options = {} if algorithm is None else {"algorithm": Variant("s", algorithm)}
+        body = [key_id, subject, options]
+        return bytes((await self._call("CreateCSR", "ssa{sv}", body))[0])
+
+    async def set_certificate(self, key_id: str, cert_chain: bytes) -> None:
+        await self._call("SetCertificate", "say", [key_id, cert_chain])
+
+    async def get_certificate(self, key_id: str) -> bytes:
+        return bytes((await self._call("GetCertificate", "s", [key_id]))[0])
+
+    async def rotate_key(self, key_id: str, new_key_id: str,
+                         options: dict[str, Variant] | None = None) -> bytes:
+        body = [key_id, new_key_id, options or {}]
+        return bytes((await self._call("RotateKey", "ssa{sv}", body))[0])
+
+    async def load_policy(self, signed_policy: bytes) -> int:
+        """Send a signed policy file; return the release counter after loading it."""
+        return int((await self._call("LoadPolicy", "ay", [signed_policy]))[0])
 
     async def locked(self) -> tuple[bool, str]:
         """Return the gate's decision: whether keys are locked, and why."""

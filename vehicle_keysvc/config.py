@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InvalidArgument
+from .gate_policy import GatePolicy, parse_policies
+from .policy import DEFAULT_COUNTER_INDEX, PolicySettings, check_policy_ref
 from .tpm import PcrSelection
 
 _BUSES = ("system", "session")
@@ -32,10 +34,13 @@ class Config:
     can_options: dict[str, Any] = field(default_factory=dict)
     profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
     tick_interval: float = 0.02  # seconds
+    debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
     rate_limit: float = 10.0  # requests per second per uid; 0 turns it off
     rate_burst: int = 20  # requests
     audit_repeat_window: float = 60.0  # seconds
+    gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
+    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
 
 
 def _get(
@@ -68,12 +73,13 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    _check_keys(
-        data, "top level",
-        {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "limits"},
+    names = (
+        "tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy",
+        "gate_policies", "limits",
     )
+    _check_keys(data, "top level", set(names))
     sections = {}
-    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "limits"):
+    for name in names:
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -128,13 +134,19 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     vehicle = sections["vehicle"]
-    _check_keys(vehicle, "vehicle", {"profile", "tick_interval_ms"})
+    _check_keys(vehicle, "vehicle", {"profile", "tick_interval_ms", "debounce_frames"})
     profile = base / _get(vehicle, "vehicle", "profile", str, str(defaults.profile))
     tick_ms = _get(vehicle, "vehicle", "tick_interval_ms", (int, float), 20)
     if not 1 <= tick_ms <= 1000:
         raise ConfigError(
             f"[vehicle] tick_interval_ms = {tick_ms!r} is invalid: use 1..1000 "
             "(how often staleness is checked between frames)"
+        )
+    debounce = _get(vehicle, "vehicle", "debounce_frames", int, defaults.debounce_frames)
+    if not 1 <= debounce <= 100:
+        raise ConfigError(
+            f"[vehicle] debounce_frames = {debounce!r} is invalid: use 1..100 "
+            "(consecutive valid frames of each gated fact before keys unlock)"
         )
 
     logging_table = sections["logging"]
@@ -146,6 +158,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     limits = _parse_limits(sections["limits"], logging_table)
+    signed_policy = _parse_policy(sections["policy"], base, key_dir)
 
     return Config(
         tcti=tcti,
@@ -158,9 +171,50 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         can_options=dict(options),
         profile=profile,
         tick_interval=tick_ms / 1000.0,
+        debounce_frames=debounce,
         log_level=level,
+        gate_policies=parse_policies(sections["gate_policies"]),
+        signed_policy=signed_policy,
         **limits,
     )
+
+
+def _parse_policy(table: dict[str, Any], base: Path, key_dir: Path) -> PolicySettings | None:
+    _check_keys(table, "policy", {"oem_public_key", "policy_ref", "signed_policy",
+                                  "release_counter"})
+    key_text = _get(table, "policy", "oem_public_key", str, "")
+    if not key_text:
+        if set(table) - {"oem_public_key"}:
+            raise ConfigError(
+                "[policy] options are set but oem_public_key is missing; give the "
+                "OEM policy key's PEM file or remove the [policy] section"
+            )
+        return None
+    oem_public_key = base / key_text
+    if not oem_public_key.is_file():
+        raise ConfigError(
+            f"[policy] oem_public_key = {key_text!r}: file {oem_public_key} not found; "
+            "give the PEM file of the OEM policy key"
+        )
+    if "policy_ref" not in table:
+        raise ConfigError(
+            "[policy] policy_ref is missing; give the product name the OEM signs "
+            "policies for, for example 'webinos-headunit-A'"
+        )
+    try:
+        policy_ref = check_policy_ref(_get(table, "policy", "policy_ref", str, ""))
+    except InvalidArgument as err:
+        raise ConfigError(f"[policy] {err}") from None
+    signed_policy = base / _get(table, "policy", "signed_policy", str,
+                                str(key_dir.parent / "signed-policy.json"))
+    counter = _get(table, "policy", "release_counter", int, DEFAULT_COUNTER_INDEX)
+    if not 0x01000000 <= counter <= 0x01FFFFFF:
+        raise ConfigError(
+            f"[policy] release_counter = {counter:#x} is invalid: give an NV index "
+            "0x01000000..0x01ffffff, for example 0x01800100"
+        )
+    return PolicySettings(oem_public_key, policy_ref, signed_policy, counter)
+
 
 
 def _parse_limits(limits: dict[str, Any], logging_table: dict[str, Any]) -> dict[str, Any]:

@@ -62,3 +62,7 @@ class RateLimited(KeyServiceError):
 
 class ServiceStopping(KeyServiceError):
     """The service is shutting down and takes no new requests."""
+
+
+class TpmLockout(TpmError):
+    """The TPM is in dictionary-attack lockout and rejects the authorization."""

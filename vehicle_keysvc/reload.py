@@ -23,7 +23,6 @@ from typing import Any
 from .can_source import CanStateSource
 from .config import Config, load_config
 from .errors import KeyServiceError
-from .gate import Gate
 from .keyservice import KeyService
 from .monitor import VehicleMonitor
 from .profile import Profile, load_profile
@@ -43,17 +42,11 @@ RESTART_ONLY = {
 
 MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
 
-# Monitor attributes a reload keeps: the listeners (D-Bus signals, audit),
-# the current decision and lock epoch that requests in flight compare
-# against, and the clock that ages the facts.
-# NOTE: this list follows VehicleMonitor's attributes. A new attribute that
-# stores a current lock decision must be added here, or a reload resets it.
-_KEPT_MONITOR_ATTRIBUTES = frozenset({"_listeners", "decision", "lock_epoch", "clock", "_last_time"})
-
-
 def build_monitor(config: Config, profile: Profile) -> VehicleMonitor:
     """Build the vehicle monitor and its gate from the config, at start and on reload."""
-    return VehicleMonitor(profile, Gate(profile))
+    return VehicleMonitor(
+        profile, debounce_frames=config.debounce_frames, policies=config.gate_policies
+    )
 
 
 @dataclass
@@ -114,17 +107,9 @@ async def reload_config(running: RunningService) -> bool:
     monitor = core.monitor
     profile_changed = profile_fingerprint(profile) != profile_fingerprint(monitor.profile)
     filters_changed = profile.can_filters() != monitor.profile.can_filters()
-    # The new monitor's gate and settings replace the old ones in place,
-    # because the D-Bus interface, the CAN source and the key service hold
-    # the old object. The decoded vehicle state stays unless the profile
-    # changed: facts decoded with the old profile may mean something else
-    # under the new one, so then the keys stay locked until fresh frames.
-    kept_attributes = (
-        _KEPT_MONITOR_ATTRIBUTES if profile_changed else _KEPT_MONITOR_ATTRIBUTES | {"state"}
-    )
-    for name, value in vars(fresh).items():
-        if name not in kept_attributes:
-            setattr(monitor, name, value)
+    # The running monitor takes the new one's settings in place, because the
+    # D-Bus interface, the CAN source and the key service hold it.
+    monitor.replace_settings(fresh, profile_changed)
     core.policy.admin_uids = new.admin_uids
     core.pcr_selection = new.pcr_selection
     running.guard.limiter.configure(new.rate_limit, new.rate_burst)
