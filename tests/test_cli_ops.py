@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import REPO, wait_until
 from stack import Stack, start_stack
@@ -239,3 +240,25 @@ async def test_busctl_and_gdbus_equivalents(stack: Stack) -> None:
     assert "Vehicle.LowVoltageSystemState is ON" in reason.stdout
     assert signed.returncode == 0, signed.stderr
     assert signed.stdout.startswith("([byte 0x30, ")  # a DER ECDSA signature
+
+
+@pytest.mark.asyncio
+async def test_keys_import_prints_public_key(stack: Stack, tmp_path: Path) -> None:
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "pzp.pem"
+    key_file.write_bytes(private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    expected = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    imported = await cli(stack, "keys", "import", "imported", str(key_file),
+                         "--owner-uid", "0")
+    again = await cli(stack, "keys", "import", "imported", str(key_file),
+                      "--owner-uid", "0")
+
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout == expected
+    assert await stack.client.list_keys() == ["imported"]
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
