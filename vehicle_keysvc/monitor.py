@@ -292,7 +292,16 @@ class VehicleMonitor:
                 policies[name] = old_state
                 continue
             if old_state is not None:
-                _carry_decision(old_state, new_state)
+                # Locked even if the new conditions hold now, because the
+                # facts they read were not confirmed under them.
+                new_state.lock_epoch = old_state.lock_epoch + (0 if old_state.decision.locked else 1)
+                new_state.decision = Decision(
+                    True, f"gate policy {name!r} changed by a reload; waiting for "
+                    "confirmation by consecutive valid frames"
+                )
+                if not old_state.decision.locked:
+                    _LOGGER.info("keys with gate policy %r locked: %s", name,
+                                 new_state.decision.reason)
             policies[name] = new_state
         self.policies = policies
 
