@@ -5,7 +5,7 @@ and the new vehicle profile and gate are built, before anything changes. A
 file that fails any check is rejected and the running configuration stays.
 
 What a reload changes: the vehicle profile (its DBC, facts and E2E
-settings), the gate, ``[access] admin_uids``, ``[tpm] pcrs`` for new keys,
+settings), the gate policies and debounce, ``[access] admin_uids``, ``[tpm] pcrs`` for new keys,
 the rate limit, the audit repeat window, the log level and the tick
 interval. The TPM, the D-Bus bus, the key folder and the CAN interface need
 a restart; a changed value there is logged and ignored.
