@@ -49,7 +49,8 @@ def test_ford_lock_unlock_cycle() -> None:
         (0.07, False), (1.99, True), (2.6, False), (3.55, True), (4.19, False),
         (4.97, True),
     ]
-    assert gates(timeline)[1:] == [(0.47, False), (7.48, True)]
+    # Unlocking waits for three consecutive ON frames (cycle 0.5 s).
+    assert gates(timeline)[1:] == [(0.47, True), (1.46, False), (7.48, True)]
     assert set(speeds(timeline)) == {0.0}
 
 
@@ -59,7 +60,7 @@ def test_ford_reverse_trc() -> None:
     assert "Unknown_Position (14) is not mapped" in problems(timeline, GEAR)[0][1]
     assert states(timeline, LOCKED) == [(0.8, True)]
     assert states(timeline, POWER) == [(0.21, "ON")]
-    assert gates(timeline)[1:] == [(0.21, False), (3.72, True)]
+    assert gates(timeline)[1:] == [(0.21, True), (1.2, False), (3.72, True)]
     # Veh_V_ActlEng reads 0 throughout the recording.
     assert set(speeds(timeline)) == {0.0}
 
@@ -70,8 +71,8 @@ def test_camaro_engine_start() -> None:
         (0.07, "OFF"), (1.51, None), (1.82, "ON"), (4.13, None), (5.41, "ON"),
     ]
     assert gates(timeline)[1:] == [
-        (0.07, True), (1.51, True), (1.82, False), (4.13, True), (5.41, False),
-        (13.38, True),
+        (0.07, True), (1.51, True), (1.82, True), (1.97, False), (4.13, True),
+        (5.41, True), (5.52, False), (13.38, True),
     ]
     reasons = [e.reason for e in timeline if e.kind == "gate"]
     assert reasons[2] == (
@@ -79,8 +80,9 @@ def test_camaro_engine_start() -> None:
         "SystemPowerMode is ON but BCMGeneralPlatformStatus.SystemBackUpPowerMode "
         "is OFF"
     )
-    assert "SystemPowerMode is START" in reasons[4]
-    assert "SystemBackUpPowerMode is ON" in reasons[4]
+    assert reasons[3] == f"{POWER} is not yet confirmed by 3 consecutive valid frames"
+    assert "SystemPowerMode is START" in reasons[5]
+    assert "SystemBackUpPowerMode is ON" in reasons[5]
     assert set(speeds(timeline)) == {0.0}
 
 
@@ -96,7 +98,7 @@ def test_camaro_reverse_gear_signals_disagree() -> None:
     assert gear[3][1] == gear[1][1]
     assert states(timeline, GEAR) == [(t, None) for t, _ in gear]
     # The gate reads the power mode only: the gear does not lock the keys.
-    assert gates(timeline)[1:] == [(0.07, False), (11.2, True)]
+    assert gates(timeline)[1:] == [(0.07, True), (0.27, False), (11.2, True)]
 
 
 def test_scion_cold_start_key_cycle() -> None:
@@ -107,8 +109,8 @@ def test_scion_cold_start_key_cycle() -> None:
     ]
     assert [(t, locked) for t, locked in gates(timeline)
             if t > 0] == [
-        (0.41, False), (0.61, False), (3.68, True), (4.46, False), (20.14, False),
-        (20.25, True), (22.06, True),
+        (0.41, True), (0.72, False), (3.68, True), (4.46, True), (5.06, False),
+        (20.14, False), (20.25, True), (22.06, True),
     ]
     assert set(speeds(timeline)) == {0.0}
 
@@ -124,7 +126,7 @@ def test_scion_short_drive_speed() -> None:
 def test_subaru_drive_from_four_byte_frames() -> None:
     timeline = run("subaru_wrx", "allgears.log")
     assert states(timeline, POWER) == [(0.0, "ON")]
-    assert gates(timeline)[1:] == [(0.0, False), (21.04, True)]
+    assert gates(timeline)[1:] == [(0.0, True), (0.02, False), (21.04, True)]
     assert speeds(timeline)[0] == pytest.approx(19.85625)
     assert max(speeds(timeline)) == pytest.approx(89.15625)
     assert problems(timeline, SPEED) == []
@@ -133,7 +135,7 @@ def test_subaru_drive_from_four_byte_frames() -> None:
 def test_genesis_drive_in_mph_and_kmh() -> None:
     timeline = run("hyundai_genesis", "mphloggenesis.log")
     assert states(timeline, POWER) == [(0.0, "ON")]
-    assert gates(timeline) == [(0.0, False), (51.86, True)]
+    assert gates(timeline) == [(0.0, True), (0.04, False), (51.86, True)]
     speed = [(round(e.time, 1), e.value) for e in timeline
              if e.fact == SPEED and e.value is not None]
     assert speed[0] == (0.0, 0.0)
@@ -181,9 +183,10 @@ def test_vw_mqb_drive_from_encoded_frames() -> None:
         (0.0, "OFF"), (1.0, "ON"), (2.0, "START"), (3.0, "ON"), (6.0, "OFF"),
     ]
     # The last terminal frame is at 6.90 s; it is stale 0.30 s later.
+    # Unlocking waits for three consecutive ON frames, 0.2 s at 100 ms.
     assert gates(timeline) == [
-        (0.0, True), (1.0, False), (2.0, True), (3.0, False), (6.0, True),
-        (7.22, True),
+        (0.0, True), (1.0, True), (1.2, False), (2.0, True), (3.0, True),
+        (3.2, False), (6.0, True), (7.22, True),
     ]
     assert states(timeline, GEAR) == [
         (0.0, 126), (3.0, -1), (4.0, 127), (5.0, None), (6.0, 126),

@@ -30,6 +30,7 @@ from .errors import (
     NotFound,
     PolicyMismatch,
 )
+from .gate import Decision
 from .key_import import key_type_of, parse_private_key
 from .keystore import KeyRecord, KeyStore, check_key_id, write_file_atomically
 from .monitor import VehicleMonitor
@@ -39,8 +40,8 @@ from .tpm import Authorization, PcrSelection, TpmBackend
 
 _LOGGER = logging.getLogger(__name__)
 
-GENERATE_OPTIONS = ("owner_uid", "pcrs", "policy")
-IMPORT_OPTIONS = ("owner_uid", "pcrs", "policy")
+GENERATE_OPTIONS = ("owner_uid", "pcrs", "policy", "gate_policy")
+IMPORT_OPTIONS = ("owner_uid", "pcrs", "policy", "gate_policy")
 ROTATE_OPTIONS = ("key_type", "pcrs", "policy")
 CSR_OPTIONS = ("algorithm",)
 POLICY_KINDS = ("pcr", "authorized")
@@ -65,6 +66,7 @@ class KeyService:
         self.pcr_selection = pcr_selection
         self.signed_policy = signed_policy
         self.seeds = SeedCache(monitor)
+        monitor.add_listener(self._wipe_seeds_of_locked_keys)
         self._oem_public_pem: bytes | None = None
         self._authorization: Authorization | None = None
 
@@ -106,6 +108,19 @@ class KeyService:
         _LOGGER.info("signed with key %r (%s) for %s", key_id, algorithm, caller)
         return signature
 
+    def _wipe_seeds_of_locked_keys(self, event: object) -> None:
+        """Wipe the seeds of keys whose own gate policy locked.
+
+        The seed cache wipes everything when the default gate locks. A gate
+        policy of one key has no event of its own, so every vehicle state
+        event checks the cached keys.
+        """
+        for key_id in self.seeds.key_ids():
+            if key_id not in self.store:
+                self.seeds.discard(key_id)
+            elif self._gate_decision(self.store.get(key_id)).locked:
+                self.seeds.discard(key_id)
+
     def _key_type(self, record: KeyRecord) -> KeyType:
         try:
             return KEY_TYPES[record.key_type]
@@ -115,28 +130,31 @@ class KeyService:
                 "service version does not support"
             ) from None
 
-    def _require_unlocked(self, caller: Caller, key_id: str, method: str) -> int:
-        decision = self.monitor.decision
+    def _require_unlocked(
+        self, caller: Caller, record: KeyRecord, method: str
+    ) -> tuple[int, int]:
+        key_id = record.key_id
+        decision = self._gate_decision(record)
         if decision.locked:
             _LOGGER.info("refused %s with key %r for %s: locked (%s)",
                          method, key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
-        return self.monitor.lock_epoch
+        return self._lock_epochs(record)
 
-    def _locked_since(self, epoch: int) -> bool:
-        return self.monitor.lock_epoch != epoch or self.monitor.locked
+    def _locked_since(self, record: KeyRecord, epochs: tuple[int, int]) -> bool:
+        return self._lock_epochs(record) != epochs or self._gate_decision(record).locked
 
     async def _gated_signature(
         self, caller: Caller, record: KeyRecord, spec: SignAlgorithm, data: bytes,
         method: str,
     ) -> bytes:
         """Sign while the gate is unlocked; discard the result if it locked meanwhile."""
-        epoch = self._require_unlocked(caller, record.key_id, method)
+        epochs = self._require_unlocked(caller, record, method)
         if spec.takes_message:
             seed = self.seeds.get(record.key_id)
             if seed is None:
                 seed = await self.tpm.unseal(record.blobs)
-                if self._locked_since(epoch):
+                if self._locked_since(record, epochs):
                     wipe(seed)
                 else:
                     self.seeds.put(record.key_id, seed)
@@ -149,16 +167,29 @@ class KeyService:
                     self.seeds.discard(record.key_id)
                     raise
                 seed = self.seeds.get(record.key_id)
-            if seed is not None and not self._locked_since(epoch):
+            if seed is not None and not self._locked_since(record, epochs):
                 return sign_with_seed(seed, data)
         else:
             signature = await self.tpm.sign(record.blobs, data, spec)
-            if not self._locked_since(epoch):
+            if not self._locked_since(record, epochs):
                 return signature
-        reason = self.monitor.decision.reason
+        reason = self._gate_decision(record).reason
         _LOGGER.info("discarded signature with key %r for %s: locked while "
                      "signing (%s)", record.key_id, caller, reason)
         raise Locked(f"keys were locked while signing: {reason}")
+
+    def _gate_decision(self, record: KeyRecord) -> Decision:
+        """Return the default gate's decision, or the key's policy's if that locks."""
+        decision = self.monitor.decision
+        if decision.locked or record.gate_policy is None:
+            return decision
+        return self.monitor.policy_decision(record.gate_policy)
+
+    def _lock_epochs(self, record: KeyRecord) -> tuple[int, int]:
+        policy_epoch = -1
+        if record.gate_policy is not None:
+            policy_epoch = self.monitor.policy_epoch(record.gate_policy)
+        return self.monitor.lock_epoch, policy_epoch
 
     async def generate_key(
         self, caller: Caller, key_id: str, key_type: str, options: dict[str, Any]
@@ -170,15 +201,19 @@ class KeyService:
         _check_options(options, GENERATE_OPTIONS)
         owner_uid = _owner_uid(options)
         selection, authorization = self._key_policy(options)
+        gate_policy = self._check_gate_policy(options.get("gate_policy"))
         if key_id in self.store:
             raise InvalidArgument(f"key {key_id!r} already exists; delete it first")
 
         blobs, public_der = await self.tpm.create_key(selection, chosen_type, authorization)
-        record = KeyRecord(key_id, key_type, owner_uid, blobs, public_der)
+        record = KeyRecord(
+            key_id, key_type, owner_uid, blobs, public_der, gate_policy=gate_policy
+        )
         self.store.add(record)
         _LOGGER.info(
-            "created key %r (%s) for uid %d, %s, by %s",
-            key_id, key_type, owner_uid, _describe_policy(blobs), caller,
+            "created key %r (%s) for uid %d, %s, gate policy %s, by %s",
+            key_id, key_type, owner_uid, _describe_policy(blobs),
+            gate_policy or "default", caller,
         )
         return public_der
 
@@ -305,6 +340,7 @@ class KeyService:
             _check_options(options, IMPORT_OPTIONS)
             owner_uid = _owner_uid(options)
             selection, authorization = self._key_policy(options)
+            gate_policy = self._check_gate_policy(options.get("gate_policy"))
             if key_id in self.store:
                 raise InvalidArgument(f"key {key_id!r} already exists; delete it first")
             private_key = parse_private_key(buffer)
@@ -315,7 +351,8 @@ class KeyService:
             del private_key
         finally:
             wipe(buffer)
-        record = KeyRecord(key_id, chosen_type.name, owner_uid, blobs, public_der)
+        record = KeyRecord(key_id, chosen_type.name, owner_uid, blobs, public_der,
+                           gate_policy=gate_policy)
         self.store.add(record)
         _LOGGER.info(
             "imported key %r (%s) for uid %d, %s, by %s",
@@ -418,8 +455,8 @@ class KeyService:
     ) -> bytes:
         """Create ``new_key_id`` beside ``key_id``; return its public DER.
 
-        The new key has the old key's owner and, unless the options set
-        them, its type, PCR selection and policy kind. The old key
+        The new key has the old key's owner and gate policy and, unless the
+        options set them, its type, PCR selection and policy kind. The old key
         stays usable until SetCertificate stores a certificate for the new
         key; then the old key is deleted.
         """
@@ -446,11 +483,27 @@ class KeyService:
         )
         blobs, public_der = await self.tpm.create_key(selection, chosen_type, authorization)
         record = KeyRecord(new_key_id, type_name, old.owner_uid, blobs, public_der,
-                           replaces=key_id)
+                           replaces=key_id, gate_policy=old.gate_policy)
         self.store.add(record)
         _LOGGER.info("created key %r (%s) to replace %r, %s, by %s",
                      new_key_id, type_name, key_id, _describe_policy(blobs), caller)
         return public_der
+
+    def _check_gate_policy(self, name: Any) -> str | None:
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise InvalidArgument(
+                f"option gate_policy = {name!r} is invalid: give a policy name "
+                "as a string"
+            )
+        if name not in self.monitor.policies:
+            defined = ", ".join(sorted(self.monitor.policies)) or "none"
+            raise InvalidArgument(
+                f"gate policy {name!r} is not defined (defined: {defined}); add "
+                f"[gate_policies.{name}] to the config or choose a defined policy"
+            )
+        return name
 
     async def delete_key(self, caller: Caller, key_id: str) -> None:
         self.policy.require_admin(caller, "DeleteKey")

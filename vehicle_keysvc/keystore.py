@@ -5,11 +5,11 @@ neither is usable outside the TPM that created it. A file appears under its
 final name only when complete (temp file, fsync, rename, fsync the folder),
 so a power loss leaves either the old state or the new one.
 
-Format versions: 1 has the PolicyPCR keys of the first release; 2 adds
-the optional ``authorization`` (PolicyAuthorize by an OEM key),
-``certificate_chain`` and ``replaces`` (the key a rotation replaces).
-Version 1 files are read as they are and written as version 2 when they
-change.
+Format versions: 1 has the PolicyPCR keys of the first release, with an
+optional ``gate_policy``; 2 adds the optional ``authorization``
+(PolicyAuthorize by an OEM key), ``certificate_chain`` and ``replaces``
+(the key a rotation replaces). Version 1 files are read as they are and
+written as version 2 when they change.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class KeyRecord:
     public_key_der: bytes
     certificate_chain: bytes = b""  # PEM, leaf first; empty until SetCertificate
     replaces: str | None = None  # key id that this key replaces once certified
+    # Name of the gate policy the key needs besides the default gate, if any.
+    gate_policy: str | None = None
 
     def to_json(self) -> str:
         data = {
@@ -67,6 +69,7 @@ class KeyRecord:
             "tpm_public": base64.b64encode(self.blobs.public).decode(),
             "tpm_private": base64.b64encode(self.blobs.private).decode(),
             "public_key_der": base64.b64encode(self.public_key_der).decode(),
+            "gate_policy": self.gate_policy,
         }
         if self.blobs.authorization is not None:
             data["authorization"] = {
@@ -107,6 +110,9 @@ class KeyRecord:
             replaces = data.get("replaces")
             if replaces is not None:
                 check_key_id(replaces)
+            gate_policy = data.get("gate_policy")
+            if gate_policy is not None and not isinstance(gate_policy, str):
+                raise ValueError(f"gate_policy {gate_policy!r} is not a string")
             owner_uid = int(data["owner_uid"])
             if not 0 <= owner_uid < 2**32:
                 raise ValueError(f"owner_uid {owner_uid} is not a uid")
@@ -118,6 +124,7 @@ class KeyRecord:
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
                 certificate_chain=chain.encode("ascii"),
                 replaces=replaces,
+                gate_policy=gate_policy,
             )
         except (ValueError, KeyError, TypeError) as err:
             raise KeyServiceError(f"key file {source} is damaged: {err}") from err
