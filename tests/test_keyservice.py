@@ -143,8 +143,9 @@ PAYMENT = {
 class CreatingTpm(BlockingTpm):
     """Creates keys at once and signs when released."""
 
-    async def create_key(self, selection: PcrSelection, key_type: object = None,
-                         authorization: object = None) -> tuple[KeyBlobs, bytes]:
+    async def create_key(
+        self, selection: PcrSelection, key_type: object = None, authorization: object = None
+    ) -> tuple[KeyBlobs, bytes]:
         return KeyBlobs(b"p", b"q", selection), b"der"
 
 

@@ -473,7 +473,8 @@ async def test_signed_policy_over_the_air_update(stack: Stack, tmp_path: Path) -
         f"  {i} : 0x{v.hex().upper()}\n" for i, v in read_pcrs(port, (7, 16)).items()))
     release2 = policy_sign(tmp_path, tmp_path / "oem-private.pem", 2, values=values)
     assert await stack.client.load_policy(release2.read_bytes()) == 2
-    # policy_sign blocked this loop, and with it the simulated car's frames.
+    # policy_sign blocked this event loop and with it the simulated car, so
+    # the gate locked for lack of frames; wait until the car confirms again.
     await unlocked(stack)
 
     # The same keys sign again, without being re-created.

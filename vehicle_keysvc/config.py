@@ -36,8 +36,8 @@ class Config:
     tick_interval: float = 0.02  # seconds
     debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
-    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
     gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
+    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
 
 
 def _get(
@@ -70,8 +70,10 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    names = ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "gate_policies",
-             "policy")
+    names = (
+        "tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy",
+        "gate_policies",
+    )
     _check_keys(data, "top level", set(names))
     sections = {}
     for name in names:
@@ -167,8 +169,8 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         tick_interval=tick_ms / 1000.0,
         debounce_frames=debounce,
         log_level=level,
-        signed_policy=signed_policy,
         gate_policies=parse_policies(sections["gate_policies"]),
+        signed_policy=signed_policy,
     )
 
 

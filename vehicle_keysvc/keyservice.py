@@ -42,7 +42,7 @@ _LOGGER = logging.getLogger(__name__)
 
 GENERATE_OPTIONS = ("owner_uid", "pcrs", "policy", "gate_policy")
 IMPORT_OPTIONS = ("owner_uid", "pcrs", "policy", "gate_policy")
-ROTATE_OPTIONS = ("key_type", "pcrs", "policy")
+ROTATE_OPTIONS = ("key_type", "pcrs", "policy", "gate_policy")
 CSR_OPTIONS = ("algorithm",)
 POLICY_KINDS = ("pcr", "authorized")
 
@@ -66,7 +66,6 @@ class KeyService:
         self.pcr_selection = pcr_selection
         self.signed_policy = signed_policy
         self.seeds = SeedCache(monitor)
-        monitor.add_listener(self._wipe_seeds_of_locked_keys)
         self._oem_public_pem: bytes | None = None
         self._authorization: Authorization | None = None
 
@@ -108,19 +107,6 @@ class KeyService:
         _LOGGER.info("signed with key %r (%s) for %s", key_id, algorithm, caller)
         return signature
 
-    def _wipe_seeds_of_locked_keys(self, event: object) -> None:
-        """Wipe the seeds of keys whose own gate policy locked.
-
-        The seed cache wipes everything when the default gate locks. A gate
-        policy of one key has no event of its own, so every vehicle state
-        event checks the cached keys.
-        """
-        for key_id in self.seeds.key_ids():
-            if key_id not in self.store:
-                self.seeds.discard(key_id)
-            elif self._gate_decision(self.store.get(key_id)).locked:
-                self.seeds.discard(key_id)
-
     def _key_type(self, record: KeyRecord) -> KeyType:
         try:
             return KEY_TYPES[record.key_type]
@@ -133,16 +119,31 @@ class KeyService:
     def _require_unlocked(
         self, caller: Caller, record: KeyRecord, method: str
     ) -> tuple[int, int]:
-        key_id = record.key_id
         decision = self._gate_decision(record)
         if decision.locked:
+            # The seed cache is wiped on every lock of the default gate; a
+            # key whose own gate policy locks loses its seed here.
+            self.seeds.discard(record.key_id)
             _LOGGER.info("refused %s with key %r for %s: locked (%s)",
-                         method, key_id, caller, decision.reason)
+                         method, record.key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
         return self._lock_epochs(record)
 
     def _locked_since(self, record: KeyRecord, epochs: tuple[int, int]) -> bool:
         return self._lock_epochs(record) != epochs or self._gate_decision(record).locked
+
+    def _gate_decision(self, record: KeyRecord) -> Decision:
+        """Return the default gate's decision, or the key's policy's if that locks."""
+        decision = self.monitor.decision
+        if decision.locked or record.gate_policy is None:
+            return decision
+        return self.monitor.policy_decision(record.gate_policy)
+
+    def _lock_epochs(self, record: KeyRecord) -> tuple[int, int]:
+        policy_epoch = -1
+        if record.gate_policy is not None:
+            policy_epoch = self.monitor.policy_epoch(record.gate_policy)
+        return self.monitor.lock_epoch, policy_epoch
 
     async def _gated_signature(
         self, caller: Caller, record: KeyRecord, spec: SignAlgorithm, data: bytes,
@@ -178,19 +179,6 @@ class KeyService:
                      "signing (%s)", record.key_id, caller, reason)
         raise Locked(f"keys were locked while signing: {reason}")
 
-    def _gate_decision(self, record: KeyRecord) -> Decision:
-        """Return the default gate's decision, or the key's policy's if that locks."""
-        decision = self.monitor.decision
-        if decision.locked or record.gate_policy is None:
-            return decision
-        return self.monitor.policy_decision(record.gate_policy)
-
-    def _lock_epochs(self, record: KeyRecord) -> tuple[int, int]:
-        policy_epoch = -1
-        if record.gate_policy is not None:
-            policy_epoch = self.monitor.policy_epoch(record.gate_policy)
-        return self.monitor.lock_epoch, policy_epoch
-
     async def generate_key(
         self, caller: Caller, key_id: str, key_type: str, options: dict[str, Any]
     ) -> bytes:
@@ -216,6 +204,22 @@ class KeyService:
             gate_policy or "default", caller,
         )
         return public_der
+
+    def _check_gate_policy(self, name: Any) -> str | None:
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise InvalidArgument(
+                f"option gate_policy = {name!r} is invalid: give a policy name "
+                "as a string"
+            )
+        if name not in self.monitor.policies:
+            defined = ", ".join(sorted(self.monitor.policies)) or "none"
+            raise InvalidArgument(
+                f"gate policy {name!r} is not defined (defined: {defined}); add "
+                f"[gate_policies.{name}] to the config or choose a defined policy"
+            )
+        return name
 
     def _key_policy(
         self, options: dict[str, Any], default_authorized: bool = False,
@@ -351,8 +355,9 @@ class KeyService:
             del private_key
         finally:
             wipe(buffer)
-        record = KeyRecord(key_id, chosen_type.name, owner_uid, blobs, public_der,
-                           gate_policy=gate_policy)
+        record = KeyRecord(
+            key_id, chosen_type.name, owner_uid, blobs, public_der, gate_policy=gate_policy
+        )
         self.store.add(record)
         _LOGGER.info(
             "imported key %r (%s) for uid %d, %s, by %s",
@@ -455,8 +460,8 @@ class KeyService:
     ) -> bytes:
         """Create ``new_key_id`` beside ``key_id``; return its public DER.
 
-        The new key has the old key's owner and gate policy and, unless the
-        options set them, its type, PCR selection and policy kind. The old key
+        The new key has the old key's owner and, unless the options set
+        them, its type, PCR selection, policy kind and gate policy. The old key
         stays usable until SetCertificate stores a certificate for the new
         key; then the old key is deleted.
         """
@@ -481,29 +486,16 @@ class KeyService:
             options, default_authorized=old.blobs.authorization is not None,
             default_selection=old.blobs.pcr_selection,
         )
+        gate_policy = old.gate_policy
+        if "gate_policy" in options:
+            gate_policy = self._check_gate_policy(options["gate_policy"])
         blobs, public_der = await self.tpm.create_key(selection, chosen_type, authorization)
         record = KeyRecord(new_key_id, type_name, old.owner_uid, blobs, public_der,
-                           replaces=key_id, gate_policy=old.gate_policy)
+                           replaces=key_id, gate_policy=gate_policy)
         self.store.add(record)
         _LOGGER.info("created key %r (%s) to replace %r, %s, by %s",
                      new_key_id, type_name, key_id, _describe_policy(blobs), caller)
         return public_der
-
-    def _check_gate_policy(self, name: Any) -> str | None:
-        if name is None:
-            return None
-        if not isinstance(name, str):
-            raise InvalidArgument(
-                f"option gate_policy = {name!r} is invalid: give a policy name "
-                "as a string"
-            )
-        if name not in self.monitor.policies:
-            defined = ", ".join(sorted(self.monitor.policies)) or "none"
-            raise InvalidArgument(
-                f"gate policy {name!r} is not defined (defined: {defined}); add "
-                f"[gate_policies.{name}] to the config or choose a defined policy"
-            )
-        return name
 
     async def delete_key(self, caller: Caller, key_id: str) -> None:
         self.policy.require_admin(caller, "DeleteKey")

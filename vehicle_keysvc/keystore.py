@@ -69,7 +69,6 @@ class KeyRecord:
             "tpm_public": base64.b64encode(self.blobs.public).decode(),
             "tpm_private": base64.b64encode(self.blobs.private).decode(),
             "public_key_der": base64.b64encode(self.public_key_der).decode(),
-            "gate_policy": self.gate_policy,
         }
         if self.blobs.authorization is not None:
             data["authorization"] = {
@@ -80,6 +79,8 @@ class KeyRecord:
             data["certificate_chain"] = self.certificate_chain.decode("ascii")
         if self.replaces is not None:
             data["replaces"] = self.replaces
+        if self.gate_policy is not None:
+            data["gate_policy"] = self.gate_policy
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -104,15 +105,15 @@ class KeyRecord:
                 PcrSelection.parse(data["pcr_selection"]),
                 authorization,
             )
+            gate_policy = data.get("gate_policy")
+            if gate_policy is not None and not isinstance(gate_policy, str):
+                raise ValueError(f"gate_policy {gate_policy!r} is not a string")
             chain = data.get("certificate_chain", "")
             if not isinstance(chain, str):
                 raise ValueError("certificate_chain is not a PEM string")
             replaces = data.get("replaces")
             if replaces is not None:
                 check_key_id(replaces)
-            gate_policy = data.get("gate_policy")
-            if gate_policy is not None and not isinstance(gate_policy, str):
-                raise ValueError(f"gate_policy {gate_policy!r} is not a string")
             owner_uid = int(data["owner_uid"])
             if not 0 <= owner_uid < 2**32:
                 raise ValueError(f"owner_uid {owner_uid} is not a uid")
@@ -122,9 +123,9 @@ class KeyRecord:
                 owner_uid=owner_uid,
                 blobs=blobs,
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
+                gate_policy=gate_policy,
                 certificate_chain=chain.encode("ascii"),
                 replaces=replaces,
-                gate_policy=gate_policy,
             )
         except (ValueError, KeyError, TypeError) as err:
             raise KeyServiceError(f"key file {source} is damaged: {err}") from err

@@ -38,9 +38,6 @@ class SeedCache:
             wipe(previous)
         self._seeds[key_id] = seed
 
-    def key_ids(self) -> list[str]:
-        return list(self._seeds)
-
     def discard(self, key_id: str) -> None:
         seed = self._seeds.pop(key_id, None)
         if seed is not None:
