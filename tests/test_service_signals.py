@@ -145,6 +145,41 @@ async def test_sighup_applies_new_admins(stack: Stack) -> None:
 
 
 @pytest.mark.asyncio
+async def test_sighup_new_gate_policy(stack: Stack) -> None:
+    assert stack.service is not None
+    await unlocked(stack)
+    changes: list[tuple[bool, str]] = []
+    await stack.client.watch(lambda locked, reason: changes.append((locked, reason)))
+    text = stack.config.read_text()
+    stack.config.write_text(
+        text + '\n[gate_policies.parked]\n"Vehicle.Speed" = { max = 0 }\n'
+    )
+
+    stack.service.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: "reloaded " in stack.service.log(), timeout=30.0)
+    public_der = await stack.client.generate_key("pay", owner_uid=0, gate_policy="parked")
+    signatures: list[bytes] = []
+
+    async def signs() -> bool:
+        # The new policy signs once consecutive valid frames confirm its facts.
+        try:
+            signatures.append(await stack.client.sign("pay", DIGEST))
+        except KeyStorageError as err:
+            assert err.name == ERROR + "Locked"
+            return False
+        return True
+
+    await wait_until(signs, timeout=30.0)
+
+    key = serialization.load_der_public_key(public_der)
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(signatures[-1], DIGEST, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    # The default gate did not change, so the reload sent no LockChanged.
+    assert not any("reload" in reason for _, reason in changes)
+    assert "keys locked" not in stack.service.log().split("SIGHUP: reloading", 1)[1]
+
+
+@pytest.mark.asyncio
 async def test_sighup_rejects_bad_config(stack: Stack) -> None:
     assert stack.service is not None
     good = stack.config.read_text()

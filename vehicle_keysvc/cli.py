@@ -1,5 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay | profile check | policy``, and the
-operator commands of cli_ops."""
+"""Command line: ``vehicle-keysvc run | replay | profile | policy`` and operator commands."""
 
 from __future__ import annotations
 

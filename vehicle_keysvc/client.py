@@ -93,12 +93,16 @@ class KeyStorageClient:
                                        [key_id, key_type, options]))[0])
 
     async def import_key(self, key_id: str, private_key: bytes, owner_uid: int,
-                         pcrs: str | None = None, policy: str | None = None) -> bytes:
+                         pcrs: str | None = None, policy: str | None = None,
+                         gate_policy: str | None = None) -> bytes:
+        """Import a private key (PEM or DER) into the TPM; return its public DER."""
         options = {"owner_uid": Variant("u", owner_uid)}
         if pcrs is not None:
             options["pcrs"] = Variant("s", pcrs)
         if policy is not None:
             options["policy"] = Variant("s", policy)
+        if gate_policy is not None:
+            options["gate_policy"] = Variant("s", gate_policy)
         body = [key_id, bytes(private_key), options]
         return bytes((await self._call("ImportKey", "saya{sv}", body))[0])
 

@@ -36,11 +36,11 @@ class Config:
     tick_interval: float = 0.02  # seconds
     debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
+    gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
+    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
     rate_limit: float = 10.0  # requests per second per uid; 0 turns it off
     rate_burst: int = 20  # requests
     audit_repeat_window: float = 60.0  # seconds
-    gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
-    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
 
 
 def _get(
@@ -157,8 +157,8 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
             f"[logging] level = {level!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
         )
 
-    limits = _parse_limits(sections["limits"], logging_table)
     signed_policy = _parse_policy(sections["policy"], base, key_dir)
+    limits = _parse_limits(sections["limits"], logging_table)
 
     return Config(
         tcti=tcti,
@@ -214,7 +214,6 @@ def _parse_policy(table: dict[str, Any], base: Path, key_dir: Path) -> PolicySet
             "0x01000000..0x01ffffff, for example 0x01800100"
         )
     return PolicySettings(oem_public_key, policy_ref, signed_policy, counter)
-
 
 
 def _parse_limits(limits: dict[str, Any], logging_table: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from .errors import (
     NameTaken,
     NotFound,
     PolicyMismatch,
+    TpmLockout,
     RateLimited,
     ServiceStopping,
-    TpmLockout,
     TpmUnavailable,
 )
 from .keyservice import KeyService
@@ -58,9 +58,9 @@ ERROR_NAMES: list[tuple[type[KeyServiceError], str]] = [
     (InvalidArgument, ERROR_PREFIX + "InvalidArgument"),
     (PolicyMismatch, ERROR_PREFIX + "PolicyMismatch"),
     (TpmUnavailable, ERROR_PREFIX + "TpmUnavailable"),
+    (TpmLockout, ERROR_PREFIX + "TpmLockout"),
     (RateLimited, ERROR_PREFIX + "RateLimited"),
     (ServiceStopping, ERROR_PREFIX + "Stopping"),
-    (TpmLockout, ERROR_PREFIX + "TpmLockout"),
     (AccessDenied, "org.freedesktop.DBus.Error.AccessDenied"),
     (KeyServiceError, ERROR_PREFIX + "Failed"),
 ]

@@ -56,13 +56,13 @@ class NameTaken(KeyServiceError):
     """Another process already owns the service's D-Bus name."""
 
 
+class TpmLockout(TpmError):
+    """The TPM is in dictionary-attack lockout and rejects the authorization."""
+
+
 class RateLimited(KeyServiceError):
     """The caller's uid sent more requests than ``[limits]`` allows."""
 
 
 class ServiceStopping(KeyServiceError):
     """The service is shutting down and takes no new requests."""
-
-
-class TpmLockout(TpmError):
-    """The TPM is in dictionary-attack lockout and rejects the authorization."""

@@ -30,8 +30,8 @@ from .errors import (
     NotFound,
     PolicyMismatch,
 )
-from .key_import import key_type_of, parse_private_key
 from .gate import Decision
+from .key_import import key_type_of, parse_private_key
 from .keystore import KeyRecord, KeyStore, check_key_id, write_file_atomically
 from .monitor import VehicleMonitor
 from .policy import PolicySettings, SignedPolicy, oem_key_name
@@ -125,7 +125,7 @@ class KeyService:
             # key whose own gate policy locks loses its seed here.
             self.seeds.discard(record.key_id)
             _LOGGER.debug("refused %s with key %r for %s: locked (%s)",
-                         method, record.key_id, caller, decision.reason)
+                          method, record.key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
         return self._lock_epochs(record)
 

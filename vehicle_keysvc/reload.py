@@ -5,10 +5,13 @@ and the new vehicle profile and gate are built, before anything changes. A
 file that fails any check is rejected and the running configuration stays.
 
 What a reload changes: the vehicle profile (its DBC, facts and E2E
-settings), the gate policies and debounce, ``[access] admin_uids``, ``[tpm] pcrs`` for new keys,
-the rate limit, the audit repeat window, the log level and the tick
-interval. The TPM, the D-Bus bus, the key folder and the CAN interface need
-a restart; a changed value there is logged and ignored.
+settings), the gate, the debounce, the gate policies, ``[access]
+admin_uids``, ``[tpm] pcrs`` for new keys, the rate limit, the audit repeat
+window, the log level and the tick interval. A new profile locks every key,
+and a changed gate policy locks its keys, until fresh frames confirm the
+state again; unchanged gates keep their state. The TPM, the D-Bus bus, the
+key folder, the CAN interface and the ``[policy]`` settings need a restart;
+a changed value there is logged and ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from .can_source import CanStateSource
 from .config import Config, load_config
 from .errors import KeyServiceError
+from .gate import Gate
 from .keyservice import KeyService
 from .monitor import VehicleMonitor
 from .profile import Profile, load_profile
@@ -38,6 +42,7 @@ RESTART_ONLY = {
     "can_interface": "[can] interface",
     "can_channel": "[can] channel",
     "can_options": "[can] options",
+    "signed_policy": "[policy]",
 }
 
 MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
@@ -45,7 +50,8 @@ MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
 def build_monitor(config: Config, profile: Profile) -> VehicleMonitor:
     """Build the vehicle monitor and its gate from the config, at start and on reload."""
     return VehicleMonitor(
-        profile, debounce_frames=config.debounce_frames, policies=config.gate_policies
+        profile, Gate(profile),
+        debounce_frames=config.debounce_frames, policies=config.gate_policies,
     )
 
 
@@ -63,10 +69,10 @@ class RunningService:
 
 def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
     """Return what decides how frames decode: every Profile field and the DBC text."""
-    # repr, because some profile types do not compare equal across two loads
-    # of the same file, but their reprs do.
+    # Fact sources compare by identity (see profile.SignalSource), so the
+    # facts are compared as plain dictionaries.
     values = tuple(
-        (f.name, repr(getattr(profile, f.name)))
+        (f.name, _plain(getattr(profile, f.name)))
         for f in dataclasses.fields(profile)
         if f.name not in ("database", "notes", "path")
     )
@@ -77,6 +83,14 @@ def profile_fingerprint(profile: Profile) -> tuple[Any, ...]:
         # the reload treats the profile as changed, which is the safe side.
         dbc_text = object()
     return values + (dbc_text,)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 async def reload_config(running: RunningService) -> bool:
@@ -130,3 +144,4 @@ async def reload_config(running: RunningService) -> bool:
         sorted(new.admin_uids), new.rate_limit, new.rate_burst,
     )
     return True
+
