@@ -1,4 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay``."""
+"""Command line: ``vehicle-keysvc run | replay | profile check``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import logging
 import sys
 
+from . import cli_profile
 from .config import load_config
 from .errors import KeyServiceError
 from .profile import load_profile
+from .logfiles import LogStats
 from .replay import read_frames, replay
 
 _LOGGER = logging.getLogger("vehicle_keysvc")
@@ -48,11 +50,20 @@ def _positive_ms(text: str) -> float:
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "WARNING")
     profile = load_profile(args.profile)
+    stats = LogStats(args.logfile)
     try:
-        timeline = replay(profile, read_frames(args.logfile), tick=args.tick_ms / 1000.0)
+        timeline = replay(
+            profile, read_frames(args.logfile, stats), tick=args.tick_ms / 1000.0
+        )
     except (OSError, ValueError) as err:
         print(f"vehicle-keysvc: error: cannot read {args.logfile}: {err}", file=sys.stderr)
         return 2
+    print(
+        f"{args.logfile}: {stats.frames} data frames, {stats.error_frames} error "
+        f"frames, {stats.remote_frames} remote frames, {len(stats.malformed)} "
+        "malformed lines skipped",
+        file=sys.stderr,
+    )
     if args.json:
         json.dump([e.as_dict() for e in timeline], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -84,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tick-ms", type=_positive_ms, default=20.0,
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
+    cli_profile.register(commands)
     return parser
 
 

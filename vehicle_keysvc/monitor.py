@@ -152,11 +152,10 @@ class VehicleMonitor:
         for name, policy in (policies or {}).items():
             policy.check_profile(profile)
             self.policies[name] = DebouncedGate(policy, debounce_frames)
-        self._facts_by_id: dict[tuple[int, bool], tuple[str, ...]] = {}
-        for settings in profile.messages.values():
-            self._facts_by_id[(settings.frame_id, settings.is_extended_id)] = tuple(
-                fact for fact, m in profile.facts.items() if m.message == settings.name
-            )
+        self._mapped_ids = frozenset(
+            (settings.frame_id, settings.is_extended_id)
+            for settings in profile.messages.values()
+        )
         self.bus_fault: str | None = None  # reason of the current bus fault
         self._listeners: list[Listener] = []
         self._last_time: float | None = None
@@ -208,14 +207,12 @@ class VehicleMonitor:
         if frame.is_error_frame:
             self.report_bus_fault(describe_error_frame(frame), now)
             return
-        frame_facts = self._facts_by_id.get(
-            (frame.arbitration_id, frame.is_extended_id), ()
-        )
-        if not frame_facts:
+        if (frame.arbitration_id, frame.is_extended_id) not in self._mapped_ids:
             # A frame the profile does not read changes no fact, and the
             # ticker re-runs the gate for the passing time.
             return
         changes = self.state.process_frame(frame, now)
+        frame_facts = self.state.last_frame_facts
         if frame_facts and self.bus_fault is not None:
             _LOGGER.info(
                 "CAN bus fault over (%s): frames of the profile received again",

@@ -15,6 +15,7 @@ from typing import Any
 
 import can
 
+from .logfiles import LogStats, read_log
 from .monitor import Event, LockEvent, VehicleMonitor
 from .profile import Profile
 from .vehicle_state import FactChange
@@ -32,13 +33,17 @@ class TimelineEntry:
     value: Any
     locked: bool
     reason: str
+    signal: str | None = None  # Message.Signal whose frame changed the fact
+    e2e: str | None = None  # E2E status of that frame, None if unprotected
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "time": round(self.time, 4),
             "kind": self.kind,
             "fact": self.fact,
+            "signal": self.signal,
             "value": self.value,
+            "e2e": self.e2e,
             "locked": self.locked,
             "reason": self.reason,
         }
@@ -48,16 +53,22 @@ class TimelineEntry:
         if self.kind == "gate":
             return f"{self.time:8.3f}s  gate   {gate.upper():8s}  {self.reason}"
         shown = self.value if self.value is not None else "(none)"
-        return f"{self.time:8.3f}s  state  {self.fact} = {shown}  [{self.reason}]"
+        e2e = f" E2E {self.e2e}" if self.e2e else ""
+        return (
+            f"{self.time:8.3f}s  state  {self.fact} = {shown}  from {self.signal}"
+            f"{e2e}  [{self.reason}]"
+        )
 
 
-def read_frames(path: str | Path) -> Iterator[can.Message]:
-    """Yield the data frames of any log format python-can reads."""
-    with can.LogReader(str(path)) as reader:
-        for frame in reader:
-            if frame.is_error_frame or frame.is_remote_frame:
-                continue
-            yield frame
+def read_frames(path: str | Path, stats: LogStats | None = None) -> Iterator[can.Message]:
+    """Yield the data frames of a recording; malformed lines are skipped.
+
+    Error and remote frames are counted in ``stats`` and not yielded.
+    """
+    for frame in read_log(path, stats):
+        if frame.is_error_frame or frame.is_remote_frame:
+            continue
+        yield frame
 
 
 def replay(
@@ -72,9 +83,10 @@ def replay(
         assert start is not None
         if isinstance(event, FactChange):
             reason = event.problem or "valid"
+            e2e = event.e2e_status.value if event.e2e_status is not None else None
             timeline.append(
                 TimelineEntry(event.timestamp - start, "state", event.fact, event.new,
-                              monitor.locked, reason)
+                              monitor.locked, reason, event.source, e2e)
             )
         elif isinstance(event, LockEvent):
             timeline.append(
@@ -83,6 +95,9 @@ def replay(
             )
 
     monitor.add_listener(record)
+    # The live service receives only the mapped ids (its CAN filters), so
+    # the replay passes only those to the monitor too.
+    mapped = {(m.frame_id, m.is_extended_id) for m in profile.messages.values()}
     next_tick = 0.0
     last = 0.0
     for frame in frames:
@@ -92,12 +107,13 @@ def replay(
         while next_tick < frame.timestamp:
             monitor.tick(next_tick)
             next_tick += tick
-        monitor.on_frame(frame, frame.timestamp)
+        if (frame.arbitration_id, frame.is_extended_id) in mapped:
+            monitor.on_frame(frame, frame.timestamp)
         last = frame.timestamp
     if start is not None:
         # Let the state run out after the last frame so staleness shows.
-        end = last + max(m.cycle_time for m in profile.messages.values()) * (
-            profile.stale_after_cycles + 1
+        end = last + profile.max_age + max(
+            m.cycle_time for m in profile.messages.values()
         )
         while next_tick <= end:
             monitor.tick(next_tick)
