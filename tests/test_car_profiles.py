@@ -1,10 +1,7 @@
 """The shipped car profiles replayed against real recordings of those cars.
 
 Times are seconds after the first frame of each recording, rounded to 10 ms.
-The expected values were read from the recordings with cantools. Keys unlock
-only on the third consecutive frame that allows use (debounce_frames 3), so
-each unlock follows a locked gate entry "not yet confirmed" at the time of
-the first such frame.
+The expected values were read from the recordings with cantools.
 """
 
 from __future__ import annotations
@@ -52,6 +49,7 @@ def test_ford_lock_unlock_cycle() -> None:
         (0.07, False), (1.99, True), (2.6, False), (3.55, True), (4.19, False),
         (4.97, True),
     ]
+    # Unlocking waits for three consecutive ON frames (cycle 0.5 s).
     assert gates(timeline)[1:] == [(0.47, True), (1.46, False), (7.48, True)]
     assert set(speeds(timeline)) == {0.0}
 
@@ -82,6 +80,7 @@ def test_camaro_engine_start() -> None:
         "SystemPowerMode is ON but BCMGeneralPlatformStatus.SystemBackUpPowerMode "
         "is OFF"
     )
+    assert reasons[3] == f"{POWER} is not yet confirmed by 3 consecutive valid frames"
     assert "SystemPowerMode is START" in reasons[5]
     assert "SystemBackUpPowerMode is ON" in reasons[5]
     assert set(speeds(timeline)) == {0.0}
@@ -184,6 +183,7 @@ def test_vw_mqb_drive_from_encoded_frames() -> None:
         (0.0, "OFF"), (1.0, "ON"), (2.0, "START"), (3.0, "ON"), (6.0, "OFF"),
     ]
     # The last terminal frame is at 6.90 s; it is stale 0.30 s later.
+    # Unlocking waits for three consecutive ON frames, 0.2 s at 100 ms.
     assert gates(timeline) == [
         (0.0, True), (1.0, True), (1.2, False), (2.0, True), (3.0, True),
         (3.2, False), (6.0, True), (7.22, True),

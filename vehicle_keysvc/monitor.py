@@ -152,10 +152,11 @@ class VehicleMonitor:
         for name, policy in (policies or {}).items():
             policy.check_profile(profile)
             self.policies[name] = DebouncedGate(policy, debounce_frames)
-        self._mapped_ids = frozenset(
-            (settings.frame_id, settings.is_extended_id)
-            for settings in profile.messages.values()
-        )
+        self._facts_by_id: dict[tuple[int, bool], tuple[str, ...]] = {}
+        for settings in profile.messages.values():
+            self._facts_by_id[(settings.frame_id, settings.is_extended_id)] = (
+                profile.facts_in_message(settings.name)
+            )
         self.bus_fault: str | None = None  # reason of the current bus fault
         self._listeners: list[Listener] = []
         self._last_time: float | None = None
@@ -207,12 +208,14 @@ class VehicleMonitor:
         if frame.is_error_frame:
             self.report_bus_fault(describe_error_frame(frame), now)
             return
-        if (frame.arbitration_id, frame.is_extended_id) not in self._mapped_ids:
+        frame_facts = self._facts_by_id.get(
+            (frame.arbitration_id, frame.is_extended_id), ()
+        )
+        if not frame_facts:
             # A frame the profile does not read changes no fact, and the
             # ticker re-runs the gate for the passing time.
             return
         changes = self.state.process_frame(frame, now)
-        frame_facts = self.state.last_frame_facts
         if frame_facts and self.bus_fault is not None:
             _LOGGER.info(
                 "CAN bus fault over (%s): frames of the profile received again",
@@ -221,7 +224,9 @@ class VehicleMonitor:
             self.bus_fault = None
         for change in changes:
             self._notify(change)
-        self._evaluate(now, frame_facts)
+        # A frame of a multiplexed message may carry none of its mapped signals,
+        # so only the facts it carried count towards the debounce.
+        self._evaluate(now, self.state.last_frame_facts)
 
     def report_bus_fault(self, reason: str, now: float | None = None) -> None:
         """Lock at once for a CAN bus fault until frames of the profile arrive again.

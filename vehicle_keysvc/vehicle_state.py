@@ -168,11 +168,6 @@ class VehicleState:
             for fact, mapping in profile.facts.items()
             for source in mapping.sources
         }
-        # The reading of each fact's first source, by fact.
-        self._readings: dict[str, FactReading] = {
-            fact: self._source_readings[mapping.sources[0]]
-            for fact, mapping in profile.facts.items()
-        }
         self.latest_time: float | None = None
         # Facts that the last processed frame carried a reading for. A frame
         # of a multiplexed message may carry none of its mapped signals.
