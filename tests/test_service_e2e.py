@@ -428,8 +428,9 @@ async def test_bad_crc_then_confirmation_unlocks(stack: Stack) -> None:
 
     assert error.name == ERROR + "Locked"
     assert "BCM_AlarmState failed its E2E check (ERROR)" in error.text
-    assert [is_locked for is_locked, _ in seen] == [True, False]
+    assert seen[0][0] is True
     assert "BCM_AlarmState failed its E2E check (ERROR)" in seen[0][1]
+    assert seen[-1][0] is False
     await stack.client.sign("pzp", DIGEST)
 
 
@@ -474,10 +475,9 @@ async def test_bus_off_error_frame_locks(stack: Stack) -> None:
 
     stack.server.broadcast(can.Message(arbitration_id=0x40, is_extended_id=True,
                                        is_error_frame=True, data=bytes(8)))
-    await wait_until(lambda: len(seen) == 2)
+    await wait_until(lambda: len(seen) >= 2 and seen[-1][0] is False)
 
     assert seen[0] == (True, "CAN bus fault: error frame: bus-off")
-    assert seen[1][0] is False
     assert stack.service is not None
     log = stack.service.log()
     assert log.count("CAN bus fault on socketcand channel vcan0: error frame: bus-off") == 1
