@@ -32,6 +32,11 @@ class TxMessage:
     counter: int = 0
     next_due: float | None = None
     faults: set[str] = field(default_factory=set)
+    # One-shot faults: frames still to drop or to send twice, and counter
+    # values the next frame skips.
+    drop_next: int = 0
+    repeat_next: int = 0
+    counter_skip: int = 0
 
 
 def load_tx_messages(

@@ -24,6 +24,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """Return a port whose next port is free too, for swtpm's two sockets.
+
+    swtpm binds without SO_REUSEADDR, so a port that still has connections
+    in TIME_WAIT fails for it although the kernel hands it out as free. The
+    check binds both ports the same way.
+    """
+    for _ in range(100):
+        port = free_port()
+        if port < 65535 and _bindable(port) and _bindable(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free TCP ports on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -99,7 +122,7 @@ def start_swtpm(state_dir: Path, port: int | None = None) -> Swtpm:
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
-        chosen = port if port is not None else free_port()
+        chosen = port if port is not None else free_port_pair()
         proc = _spawn_swtpm(state_dir, chosen)
         try:
             _wait_for_port(chosen + 1, proc)

@@ -6,14 +6,15 @@ It implements what python-can's ``socketcand`` interface (python-can 4.6) uses:
 - ``< open CHANNEL >`` gets the reply ``< ok >``, and a channel other than
   the served one closes the connection;
 - ``< rawmode >`` gets the reply ``< ok >``, and after that the client gets
-  every frame as ``< frame ID SECONDS.USEC HEXDATA >``;
+  every frame as ``< frame ID SECONDS.USEC HEXDATA >`` and every error frame
+  as ``< error ID SECONDS.USEC >``;
 - ``< send ID DLC B0 B1 ... >`` from a client goes to all other clients in raw
   mode and to the ``on_frame`` callback. ``< echo >`` gets the reply ``< echo >``.
 
 The python-can client reads each handshake reply with a single recv() and
 compares the whole text, so every reply is written on its own, only after its
-request, and the server never sends ``< error ... >`` lines (the client raises
-on them). Other commands are logged and ignored.
+request, and error lines go only to clients in raw mode (the client raises on
+them during the handshake). Other commands are logged and ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from dataclasses import dataclass
 
 import can
 
-from sim.socketcand_format import SendCommandError, format_frame, parse_send_command
+from sim.socketcand_format import (
+    SendCommandError,
+    format_error_frame,
+    format_frame,
+    parse_send_command,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -160,14 +166,19 @@ class SocketcandServer:
     def broadcast(self, msg: can.Message) -> None:
         """Send ``msg`` to every client in raw mode.
 
-        Error frames and remote frames are not sent, because python-can's client
-        cannot parse them. A message timestamp of 0 (unset) is replaced by
-        ``time.time()``.
+        An error frame goes out as an error line that carries its error class
+        bits only, the form python-can 4.6's client parses. Remote frames are
+        not sent, because that client cannot parse them. A message timestamp
+        of 0 (unset) is replaced by ``time.time()``.
         """
-        if msg.is_error_frame or msg.is_remote_frame:
-            _LOGGER.debug("not sending error or remote frame 0x%X", msg.arbitration_id)
+        if msg.is_remote_frame:
+            _LOGGER.debug("not sending remote frame 0x%X", msg.arbitration_id)
             return
-        line = format_frame(msg, msg.timestamp or time.time())
+        timestamp = msg.timestamp or time.time()
+        if msg.is_error_frame:
+            line = format_error_frame(msg, timestamp)
+        else:
+            line = format_frame(msg, timestamp)
         for client in self._clients:
             if client.is_raw:
                 self._write_frame(client, line)

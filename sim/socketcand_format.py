@@ -28,6 +28,15 @@ def format_frame(msg: can.Message, timestamp: float) -> bytes:
     return f"< frame {frame_id} {timestamp:.6f} {data} >".encode("ascii")
 
 
+def format_error_frame(msg: can.Message, timestamp: float) -> bytes:
+    """Format an error frame as ``< error ID SECONDS.USEC >`` (``timestamp``: s).
+
+    ID is the hex error class of Linux's can/error.h, without the error flag.
+    """
+    error_class = msg.arbitration_id & _MAX_EXTENDED_ID
+    return f"< error {error_class:X} {timestamp:.6f} >".encode("ascii")
+
+
 def parse_send_command(
     fields: list[str], timestamp: float, channel: str
 ) -> can.Message:

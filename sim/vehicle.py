@@ -176,8 +176,61 @@ class ReferenceVehicle:
             _schedule_next(tx, now)
             if "silence" in tx.faults:
                 continue
-            frames.append(self._build_frame(tx, now))
+            frame = self._build_frame(tx, now)
+            if tx.drop_next > 0:
+                tx.drop_next -= 1
+                continue
+            frames.append(frame)
+            if tx.repeat_next > 0:
+                tx.repeat_next -= 1
+                frames.append(_copy_frame(frame))
         return frames
+
+    def drop(self, message: str, count: int = 1) -> None:
+        """Lose the next ``count`` frames of ``message`` on the bus.
+
+        The sender still counts them, so the receiver gets a counter jump.
+        """
+        _check_count("count", count)
+        self._select(message)[0].drop_next += count
+
+    def repeat(self, message: str, count: int = 1) -> None:
+        """Send each of the next ``count`` frames of ``message`` twice."""
+        _check_count("count", count)
+        self._select(message)[0].repeat_next += count
+
+    def jump_counter(self, message: str, by: int) -> None:
+        """Make the next frame of ``message`` skip ``by`` counter values."""
+        _check_count("by", by)
+        self._select(message)[0].counter_skip += by
+
+    def spoof(
+        self,
+        message: str,
+        value: Any,
+        counter_offset: int = 8,
+        timestamp: float | None = None,
+    ) -> can.Message:
+        """Build a frame that another node forges on ``message``'s id.
+
+        The forger has the DBC, the data id and the CRC algorithm, so the CRC
+        is correct. Its counter is the genuine next counter plus
+        ``counter_offset``. The genuine sender's counter and state do not
+        change. ``value`` is a label or number as for the state attribute.
+        """
+        tx = self._select(message)[0]
+        checked = self._validate(tx.attribute, value)
+        counter = (tx.counter + counter_offset) % COUNTER_MODULO
+        signals = {tx.crc_signal: 0, tx.counter_signal: counter, tx.value_signal: checked}
+        payload = bytearray(tx.message.encode(signals, scaling=True))
+        payload[tx.crc_byte] = compute_crc(tx.data_id, bytes(payload), tx.crc_byte)
+        return can.Message(
+            timestamp=time.time() if timestamp is None else timestamp,
+            arbitration_id=tx.message.frame_id,
+            is_extended_id=tx.message.is_extended_frame,
+            dlc=len(payload),
+            data=payload,
+        )
 
     def encode(self, message_name: str, timestamp: float | None = None) -> can.Message:
         """Build the next frame of ``message_name`` from the current state.
@@ -191,6 +244,9 @@ class ReferenceVehicle:
         return self._build_frame(tx, time.time() if timestamp is None else timestamp)
 
     def _build_frame(self, tx: TxMessage, timestamp: float) -> can.Message:
+        if tx.counter_skip:
+            tx.counter = (tx.counter + tx.counter_skip) % COUNTER_MODULO
+            tx.counter_skip = 0
         if "invalid_value" in tx.faults:
             signals = {
                 tx.crc_signal: 0,
@@ -261,6 +317,21 @@ class ReferenceVehicle:
                 f"unknown message {message!r}: "
                 f"allowed messages are {', '.join(self._messages)}"
             ) from None
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"invalid {name} {value!r}: expected an integer >= 1")
+
+
+def _copy_frame(frame: can.Message) -> can.Message:
+    return can.Message(
+        timestamp=frame.timestamp,
+        arbitration_id=frame.arbitration_id,
+        is_extended_id=frame.is_extended_id,
+        dlc=frame.dlc,
+        data=bytes(frame.data),
+    )
 
 
 def _is_due(tx: TxMessage, now: float) -> bool:

@@ -47,7 +47,7 @@ class Stack:
 
 
 async def start_stack(swtpm: Swtpm, dbus: DbusDaemon, bus: MessageBus,
-                      directory: Path) -> Stack:
+                      directory: Path, policies: str = "") -> Stack:
     vehicle = ReferenceVehicle()
     vehicle.set(power_mode="RUN", alarm="DISARMED", central_lock="UNLOCKED")
     server = SocketcandServer(port=0)
@@ -56,6 +56,8 @@ async def start_stack(swtpm: Swtpm, dbus: DbusDaemon, bus: MessageBus,
     transmitter.start()
     config = write_config(directory, tcti=swtpm.tcti, bus_address=dbus.address,
                           can_port=server.port)
+    if policies:
+        config.write_text(config.read_text() + "\n" + policies)
     stack = Stack(swtpm, dbus, bus, KeyStorageClient(bus), vehicle, server,
                   transmitter, config, directory)
     await stack.start_service()

@@ -21,11 +21,14 @@ def test_replay_json_timeline() -> None:
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
     gates = [e for e in entries if e["kind"] == "gate"]
-    assert [e["locked"] for e in gates] == [True, True, False, True]
-    assert gates[2]["reason"] == "Vehicle.LowVoltageSystemState is ON"
+    assert [e["locked"] for e in gates] == [True, True, True, False, True]
     # First frame at 1584730160.128065, first Run frame (3B3#4040...) at
     # 1584730160.333464 in the recording.
     assert gates[2]["time"] == 0.2054
+    assert "not yet confirmed by 3 consecutive valid frames" in gates[2]["reason"]
+    # The third Run frame confirms it.
+    assert gates[3]["reason"] == "Vehicle.LowVoltageSystemState is ON"
+    assert gates[3]["time"] == 0.503
 
 
 def test_replay_text_lines() -> None:
@@ -75,3 +78,16 @@ def test_run_with_unusable_key_dir_exits_2(tmp_path) -> None:
     assert result.returncode == 2
     assert "fix [storage] key_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_rejects_policy_on_unmapped_fact(tmp_path) -> None:
+    config = tmp_path / "keysvc.toml"
+    config.write_text(
+        '[tpm]\ntcti = "swtpm:host=127.0.0.1,port=1"\n'
+        f'[vehicle]\nprofile = "{FORD_PROFILE}"\n'
+        '[gate_policies.calm]\n"Vehicle.Body.Alarm.IsActive" = { values = [false] }\n'
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "[gate_policies.calm] reads Vehicle.Body.Alarm.IsActive" in result.stderr
+    assert "does not map it" in result.stderr

@@ -153,10 +153,12 @@ def test_ford_replay_timeline() -> None:
 
     # Ignition reads Off at 0.02 s and Run from 0.21 s (first frame at 0.0 s).
     assert power == [(0.02, "OFF"), (0.21, "ON")]
-    assert [locked for _, locked in gates] == [True, True, False, True]
-    assert gates[2] == (0.21, False)
+    assert [locked for _, locked in gates] == [True, True, True, False, True]
+    # Run at 0.21 s is confirmed by the third Run frame, at 0.50 s.
+    assert gates[2] == (0.21, True)
+    assert gates[3] == (0.5, False)
     # The last ignition frame is at 8.61 s; 1.5 s later it is stale.
-    assert 10.0 < gates[3][0] < 10.2
+    assert 10.0 < gates[4][0] < 10.2
     assert locks == [False, True, False, True, False]
 
 

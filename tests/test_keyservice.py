@@ -10,6 +10,7 @@ from conftest import REFERENCE_PROFILE
 from sim.vehicle import ReferenceVehicle
 from vehicle_keysvc.callers import AccessPolicy, Caller
 from vehicle_keysvc.errors import AccessDenied, InvalidArgument, Locked
+from vehicle_keysvc.gate_policy import parse_policies
 from vehicle_keysvc.keyservice import KeyService
 from vehicle_keysvc.keystore import KeyRecord, KeyStore
 from vehicle_keysvc.monitor import VehicleMonitor
@@ -131,3 +132,101 @@ async def test_generate_rejects_bad_options(tmp_path, options, message) -> None:
     service, *_ = make_service(tmp_path, BlockingTpm())
     with pytest.raises(InvalidArgument, match=message):
         await service.generate_key(ADMIN, "new", "ecc-p256", options)
+
+
+PAYMENT = {
+    "Vehicle.Speed": {"max": 0},
+    "Vehicle.Powertrain.Transmission.SelectedGear": {"values": ["P"]},
+}
+
+
+class CreatingTpm(BlockingTpm):
+    """Creates keys at once and signs when released."""
+
+    async def create_key(self, selection: PcrSelection) -> tuple[KeyBlobs, bytes]:
+        return KeyBlobs(b"p", b"q", selection), b"der"
+
+
+def policy_service(tmp_path) -> tuple[KeyService, VehicleMonitor, ReferenceVehicle, float]:
+    monitor = VehicleMonitor(
+        load_profile(REFERENCE_PROFILE), policies=parse_policies({"payment": PAYMENT})
+    )
+    vehicle = ReferenceVehicle()
+    vehicle.set(power_mode="RUN", alarm="DISARMED", gear="P")
+    now = 0.0
+    while now < 1.0:
+        for frame in vehicle.due_frames(now):
+            monitor.on_frame(frame, now)
+        now = round(now + 0.01, 6)
+    store = KeyStore(tmp_path)
+    store.load()
+    tpm = CreatingTpm()
+    tpm.release.set()
+    service = KeyService(store, tpm, monitor, AccessPolicy(frozenset({0})), SELECTION)
+    return service, monitor, vehicle, now
+
+
+@pytest.mark.asyncio
+async def test_generate_stores_gate_policy(tmp_path) -> None:
+    service, *_ = policy_service(tmp_path)
+    await service.generate_key(
+        ADMIN, "pay", "ecc-p256", {"owner_uid": OWNER.uid, "gate_policy": "payment"}
+    )
+    reloaded = KeyStore(tmp_path)
+    reloaded.load()
+    assert reloaded.get("pay").gate_policy == "payment"
+    assert service.store.get("pay").gate_policy == "payment"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name,message", [
+    ("parking", "gate policy 'parking' is not defined (defined: payment)"),
+    (7, "option gate_policy = 7 is invalid"),
+])
+async def test_generate_rejects_unknown_policy(tmp_path, name, message) -> None:
+    service, *_ = policy_service(tmp_path)
+    with pytest.raises(InvalidArgument) as caught:
+        await service.generate_key(
+            ADMIN, "pay", "ecc-p256", {"owner_uid": OWNER.uid, "gate_policy": name}
+        )
+    assert message in str(caught.value)
+    assert "pay" not in service.store
+
+
+@pytest.mark.asyncio
+async def test_policy_key_locked_in_drive(tmp_path) -> None:
+    service, monitor, vehicle, now = policy_service(tmp_path)
+    await service.generate_key(
+        ADMIN, "pay", "ecc-p256", {"owner_uid": OWNER.uid, "gate_policy": "payment"}
+    )
+    await service.generate_key(ADMIN, "pzp", "ecc-p256", {"owner_uid": OWNER.uid})
+    parked = await service.sign(OWNER, "pay", bytes(32), "ecdsa-sha256")
+
+    vehicle.set(gear="D")
+    monitor.on_frame(vehicle.encode("TCU_GearSelection", timestamp=now), now)
+
+    assert parked == b"signature"
+    with pytest.raises(Locked, match="gate policy 'payment': .*SelectedGear is 127"):
+        await service.sign(OWNER, "pay", bytes(32), "ecdsa-sha256")
+    assert await service.sign(OWNER, "pzp", bytes(32), "ecdsa-sha256") == b"signature"
+
+
+@pytest.mark.asyncio
+async def test_policy_lock_during_sign_discards(tmp_path) -> None:
+    service, monitor, vehicle, now = policy_service(tmp_path)
+    await service.generate_key(
+        ADMIN, "pay", "ecc-p256", {"owner_uid": OWNER.uid, "gate_policy": "payment"}
+    )
+    tpm = service.tpm
+    assert isinstance(tpm, CreatingTpm)
+    tpm.release.clear()
+    pending = asyncio.create_task(service.sign(OWNER, "pay", bytes(32), "ecdsa-sha256"))
+    await tpm.started.wait()
+
+    vehicle.set(gear="R")
+    monitor.on_frame(vehicle.encode("TCU_GearSelection", timestamp=now), now)
+    tpm.release.set()
+
+    with pytest.raises(Locked, match="locked while signing: gate policy 'payment'"):
+        await pending
+    assert monitor.locked is False

@@ -174,7 +174,7 @@ async def test_frame_fields_survive_transport():
 
 
 @pytest.mark.asyncio
-async def test_error_and_remote_frames_not_broadcast():
+async def test_error_frames_sent_remote_frames_dropped():
     async with SocketcandServer() as server:
         bus = await open_bus(server.port)
         try:
@@ -192,7 +192,9 @@ async def test_error_and_remote_frames_not_broadcast():
         finally:
             await shutdown(bus)
 
-    assert [frame.arbitration_id for frame in received] == [0x124]
+    assert [frame.arbitration_id for frame in received] == [0x80, 0x124]
+    assert received[0].is_error_frame is True
+    assert received[1].is_error_frame is False
 
 
 @pytest.mark.asyncio

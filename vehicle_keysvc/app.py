@@ -40,9 +40,18 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
         profile.name, profile.path, ", ".join(sorted(profile.facts)),
         "on" if profile.e2e_protected else "off (freshness only)",
     )
-    monitor = VehicleMonitor(profile)
+    monitor = VehicleMonitor(
+        profile, debounce_frames=config.debounce_frames, policies=config.gate_policies
+    )
     store = KeyStore(config.key_dir)
     store.load()
+    for record in store.records():
+        if (record.gate_policy is not None
+                and record.gate_policy not in config.gate_policies):
+            _LOGGER.error(
+                "key %r needs gate policy %r, which the config does not define; "
+                "the key stays locked", record.key_id, record.gate_policy,
+            )
     tpm = TpmBackend(config.tcti)
     await tpm.start()
     core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection)

@@ -58,10 +58,13 @@ class KeyStorageClient:
         return bytes((await self._call("Sign", "says", [key_id, digest, algorithm]))[0])
 
     async def generate_key(self, key_id: str, owner_uid: int, key_type: str = "ecc-p256",
-                           pcrs: str | None = None) -> bytes:
+                           pcrs: str | None = None,
+                           gate_policy: str | None = None) -> bytes:
         options = {"owner_uid": Variant("u", owner_uid)}
         if pcrs is not None:
             options["pcrs"] = Variant("s", pcrs)
+        if gate_policy is not None:
+            options["gate_policy"] = Variant("s", gate_policy)
         return bytes((await self._call("GenerateKey", "ssa{sv}", [key_id, key_type, options]))[0])
 
     async def delete_key(self, key_id: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InvalidArgument
+from .gate_policy import GatePolicy, parse_policies
 from .tpm import PcrSelection
 
 _BUSES = ("system", "session")
@@ -32,7 +33,9 @@ class Config:
     can_options: dict[str, Any] = field(default_factory=dict)
     profile: Path = Path("/usr/share/vehicle-keysvc/profiles/reference.toml")
     tick_interval: float = 0.02  # seconds
+    debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
+    gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
 
 
 def _get(
@@ -65,9 +68,10 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    _check_keys(data, "top level", {"tpm", "dbus", "access", "storage", "can", "vehicle", "logging"})
+    names = ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "gate_policies")
+    _check_keys(data, "top level", set(names))
     sections = {}
-    for name in ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging"):
+    for name in names:
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -122,13 +126,19 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     vehicle = sections["vehicle"]
-    _check_keys(vehicle, "vehicle", {"profile", "tick_interval_ms"})
+    _check_keys(vehicle, "vehicle", {"profile", "tick_interval_ms", "debounce_frames"})
     profile = base / _get(vehicle, "vehicle", "profile", str, str(defaults.profile))
     tick_ms = _get(vehicle, "vehicle", "tick_interval_ms", (int, float), 20)
     if not 1 <= tick_ms <= 1000:
         raise ConfigError(
             f"[vehicle] tick_interval_ms = {tick_ms!r} is invalid: use 1..1000 "
             "(how often staleness is checked between frames)"
+        )
+    debounce = _get(vehicle, "vehicle", "debounce_frames", int, defaults.debounce_frames)
+    if not 1 <= debounce <= 100:
+        raise ConfigError(
+            f"[vehicle] debounce_frames = {debounce!r} is invalid: use 1..100 "
+            "(consecutive valid frames of each gated fact before keys unlock)"
         )
 
     logging_table = sections["logging"]
@@ -150,7 +160,9 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         can_options=dict(options),
         profile=profile,
         tick_interval=tick_ms / 1000.0,
+        debounce_frames=debounce,
         log_level=level,
+        gate_policies=parse_policies(sections["gate_policies"]),
     )
 
 

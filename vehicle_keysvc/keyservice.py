@@ -11,6 +11,7 @@ from typing import Any
 
 from .callers import AccessPolicy, Caller
 from .errors import InvalidArgument, Locked
+from .gate import Decision
 from .keystore import KeyRecord, KeyStore, check_key_id
 from .monitor import VehicleMonitor
 from .tpm import PcrSelection, TpmBackend
@@ -19,7 +20,7 @@ _LOGGER = logging.getLogger(__name__)
 
 KEY_TYPES = ("ecc-p256",)
 SIGN_ALGORITHMS = {"ecdsa-sha256": 32}  # algorithm -> digest length in bytes
-GENERATE_OPTIONS = ("owner_uid", "pcrs")
+GENERATE_OPTIONS = ("owner_uid", "pcrs", "gate_policy")
 
 
 class KeyService:
@@ -75,20 +76,34 @@ class KeyService:
         record = self.store.get(key_id)
         self.policy.require_owner(caller, record, "Sign")
 
-        decision = self.monitor.decision
+        decision = self._gate_decision(record)
         if decision.locked:
             _LOGGER.info("refused Sign with key %r for %s: locked (%s)",
                          key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
-        epoch = self.monitor.lock_epoch
+        epochs = self._lock_epochs(record)
         signature = await self.tpm.sign(record.blobs, bytes(digest))
-        if self.monitor.lock_epoch != epoch or self.monitor.locked:
-            reason = self.monitor.decision.reason
+        after = self._gate_decision(record)
+        if self._lock_epochs(record) != epochs or after.locked:
+            reason = after.reason
             _LOGGER.info("discarded signature with key %r for %s: locked while "
                          "signing (%s)", key_id, caller, reason)
             raise Locked(f"keys were locked while signing: {reason}")
         _LOGGER.info("signed with key %r for %s", key_id, caller)
         return signature
+
+    def _gate_decision(self, record: KeyRecord) -> Decision:
+        """Return the default gate's decision, or the key's policy's if that locks."""
+        decision = self.monitor.decision
+        if decision.locked or record.gate_policy is None:
+            return decision
+        return self.monitor.policy_decision(record.gate_policy)
+
+    def _lock_epochs(self, record: KeyRecord) -> tuple[int, int]:
+        policy_epoch = -1
+        if record.gate_policy is not None:
+            policy_epoch = self.monitor.policy_epoch(record.gate_policy)
+        return self.monitor.lock_epoch, policy_epoch
 
     async def generate_key(
         self, caller: Caller, key_id: str, key_type: str, options: dict[str, Any]
@@ -119,17 +134,36 @@ class KeyService:
             if not isinstance(options["pcrs"], str):
                 raise InvalidArgument("option pcrs must be a string such as sha256:0,7")
             selection = PcrSelection.parse(options["pcrs"])
+        gate_policy = self._check_gate_policy(options.get("gate_policy"))
         if key_id in self.store:
             raise InvalidArgument(f"key {key_id!r} already exists; delete it first")
 
         blobs, public_der = await self.tpm.create_key(selection)
-        record = KeyRecord(key_id, key_type, owner_uid, blobs, public_der)
+        record = KeyRecord(
+            key_id, key_type, owner_uid, blobs, public_der, gate_policy=gate_policy
+        )
         self.store.add(record)
         _LOGGER.info(
-            "created key %r (%s) for uid %d, PCR policy %s, by %s",
-            key_id, key_type, owner_uid, selection, caller,
+            "created key %r (%s) for uid %d, PCR policy %s, gate policy %s, by %s",
+            key_id, key_type, owner_uid, selection, gate_policy or "default", caller,
         )
         return public_der
+
+    def _check_gate_policy(self, name: Any) -> str | None:
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise InvalidArgument(
+                f"option gate_policy = {name!r} is invalid: give a policy name "
+                "as a string"
+            )
+        if name not in self.monitor.policies:
+            defined = ", ".join(sorted(self.monitor.policies)) or "none"
+            raise InvalidArgument(
+                f"gate policy {name!r} is not defined (defined: {defined}); add "
+                f"[gate_policies.{name}] to the config or choose a defined policy"
+            )
+        return name
 
     async def delete_key(self, caller: Caller, key_id: str) -> None:
         self.policy.require_admin(caller, "DeleteKey")

@@ -46,6 +46,8 @@ class KeyRecord:
     owner_uid: int
     blobs: KeyBlobs
     public_key_der: bytes
+    # Name of the gate policy the key needs besides the default gate, if any.
+    gate_policy: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -58,6 +60,7 @@ class KeyRecord:
                 "tpm_public": base64.b64encode(self.blobs.public).decode(),
                 "tpm_private": base64.b64encode(self.blobs.private).decode(),
                 "public_key_der": base64.b64encode(self.public_key_der).decode(),
+                "gate_policy": self.gate_policy,
             },
             indent=2,
         )
@@ -74,6 +77,9 @@ class KeyRecord:
                 base64.b64decode(data["tpm_private"], validate=True),
                 PcrSelection.parse(data["pcr_selection"]),
             )
+            gate_policy = data.get("gate_policy")
+            if gate_policy is not None and not isinstance(gate_policy, str):
+                raise ValueError(f"gate_policy {gate_policy!r} is not a string")
             owner_uid = int(data["owner_uid"])
             if not 0 <= owner_uid < 2**32:
                 raise ValueError(f"owner_uid {owner_uid} is not a uid")
@@ -83,6 +89,7 @@ class KeyRecord:
                 owner_uid=owner_uid,
                 blobs=blobs,
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
+                gate_policy=gate_policy,
             )
         except (ValueError, KeyError, TypeError) as err:
             raise KeyServiceError(f"key file {source} is damaged: {err}") from err

@@ -11,6 +11,9 @@ gate requires only those. Example (the reference vehicle)::
     [messages.VCU_PowerMode]
     cycle_time_ms = 100            # default: the DBC's GenMsgCycleTime
     e2e = { counter = "PowerMode_Counter", crc = "PowerMode_CRC" }
+    # Optional e2e keys: data_id (default: the DBC's E2EDataID),
+    # max_counter_delta = 1, sync_frames = 2, max_no_new_data = 2
+    # (see vehicle_keysvc.e2e.E2EReceiver).
 
     [facts."Vehicle.LowVoltageSystemState"]
     message = "VCU_PowerMode"
@@ -86,6 +89,8 @@ class E2ESettings:
     crc_byte: int
     data_id: int
     max_counter_delta: int = 1
+    sync_frames: int = 2
+    max_no_new_data: int = 2
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,24 @@ def _e2e_settings(message: Any, table: dict[str, Any], where: str) -> E2ESetting
         raise ConfigError(
             f"{where}: max_counter_delta must be 1..14, got {max_delta!r}"
         )
-    return E2ESettings(counter, crc, crc_signal.start // 8, data_id, max_delta)
+    sync_frames = table.get("sync_frames", 2)
+    if (not isinstance(sync_frames, int) or isinstance(sync_frames, bool)
+            or not 1 <= sync_frames <= 15):
+        raise ConfigError(
+            f"{where}: sync_frames must be 1..15 (frames in sequence needed "
+            f"before the first OK), got {sync_frames!r}"
+        )
+    max_no_new_data = table.get("max_no_new_data", 2)
+    if (not isinstance(max_no_new_data, int) or isinstance(max_no_new_data, bool)
+            or not 0 <= max_no_new_data <= 14):
+        raise ConfigError(
+            f"{where}: max_no_new_data must be 0..14 (cycles without new data "
+            f"before the receiver syncs again), got {max_no_new_data!r}"
+        )
+    return E2ESettings(
+        counter, crc, crc_signal.start // 8, data_id, max_delta, sync_frames,
+        max_no_new_data,
+    )
 
 
 @dataclass

@@ -99,10 +99,19 @@ class _MessageDecoder:
                 settings.e2e.data_id,
                 settings.e2e.crc_byte,
                 settings.e2e.max_counter_delta,
+                cycle_time=settings.cycle_time,
+                sync_frames=settings.e2e.sync_frames,
+                max_no_new_data=settings.e2e.max_no_new_data,
             )
 
-    def decode(self, data: bytes) -> tuple[dict[str, Any], E2EStatus | None, str | None]:
-        """Decode a frame; return the signals, the E2E status and a problem."""
+    def decode(
+        self, data: bytes, now: float | None = None
+    ) -> tuple[dict[str, Any], E2EStatus | None, str | None]:
+        """Decode a frame received at ``now`` and run its E2E check.
+
+        Returns the signals, the E2E status and a problem. Only E2E status OK
+        and OKSOMELOST leave the problem empty.
+        """
         try:
             signals = self.message.decode(
                 data, decode_choices=True, allow_truncated=True
@@ -123,12 +132,17 @@ class _MessageDecoder:
                 f"frame of {self.settings.name} is too short for its E2E fields"
             )
         status = self.receiver.check(
-            bytes(data), int(signals[e2e.counter_signal]), int(signals[e2e.crc_signal])
+            bytes(data),
+            int(signals[e2e.counter_signal]),
+            int(signals[e2e.crc_signal]),
+            now,
         )
-        if status is E2EStatus.OK:
+        if status.valid:
             return dict(signals), status, None
-        if status is E2EStatus.INITIAL:
-            problem = f"{self.settings.name} E2E counter not yet confirmed"
+        if status in (E2EStatus.INITIAL, E2EStatus.SYNC):
+            problem = (
+                f"{self.settings.name} E2E counter not yet confirmed ({status.value})"
+            )
         else:
             problem = f"{self.settings.name} failed its E2E check ({status.value})"
         return dict(signals), status, problem
@@ -154,11 +168,6 @@ class VehicleState:
             for fact, mapping in profile.facts.items()
             for source in mapping.sources
         }
-        # The reading of each fact's first source, by fact.
-        self._readings: dict[str, FactReading] = {
-            fact: self._source_readings[mapping.sources[0]]
-            for fact, mapping in profile.facts.items()
-        }
         self.latest_time: float | None = None
         # Facts that the last processed frame carried a reading for. A frame
         # of a multiplexed message may carry none of its mapped signals.
@@ -174,7 +183,7 @@ class VehicleState:
             return []
         self.latest_time = now if self.latest_time is None else max(self.latest_time, now)
         data = bytes(frame.data)
-        signals, status, frame_problem = decoder.decode(data)
+        signals, status, frame_problem = decoder.decode(data, now)
 
         facts = {source.fact for source in decoder.sources}
         before = {fact: self._fact_view(fact, now) for fact in facts}
@@ -207,6 +216,17 @@ class VehicleState:
                     fact, old.value, new.value, new.problem, now, source.name, status,
                 ))
         return changes
+
+    def poll_e2e(self, now: float) -> None:
+        """Record NONEWDATA for E2E-protected messages with a cycle without frames.
+
+        The fact keeps its last valid value until it is stale.
+        """
+        for decoder in self._decoders.values():
+            if decoder.receiver is None or decoder.receiver.poll(now) is None:
+                continue
+            for source in decoder.sources:
+                self._source_readings[source].e2e_status = E2EStatus.NO_NEW_DATA
 
     def view(self, now: float) -> dict[str, FactView]:
         """Return every fact with its age at time ``now``."""
