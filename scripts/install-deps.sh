@@ -6,7 +6,7 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
-PACKAGES="swtpm swtpm-tools libtss2-dev dbus dbus-bin pkg-config gcc openssl util-linux python3-venv python3-dev"
+PACKAGES="swtpm swtpm-tools libtss2-dev dbus dbus-bin pkg-config gcc openssl util-linux python3-venv python3-dev tpm2-tools"
 
 missing=""
 for package in $PACKAGES; do

@@ -30,7 +30,7 @@ class BlockingTpm:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def sign(self, blobs: KeyBlobs, digest: bytes) -> bytes:
+    async def sign(self, blobs: KeyBlobs, digest: bytes, algorithm: object = None) -> bytes:
         self.started.set()
         await self.release.wait()
         return b"signature"
@@ -143,7 +143,9 @@ PAYMENT = {
 class CreatingTpm(BlockingTpm):
     """Creates keys at once and signs when released."""
 
-    async def create_key(self, selection: PcrSelection) -> tuple[KeyBlobs, bytes]:
+    async def create_key(
+        self, selection: PcrSelection, key_type: object = None, authorization: object = None
+    ) -> tuple[KeyBlobs, bytes]:
         return KeyBlobs(b"p", b"q", selection), b"der"
 
 

@@ -24,7 +24,7 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
     """Run until SIGTERM or SIGINT (or until ``stop`` is set).
 
     Raises:
-        ConfigError: the profile is invalid.
+        ConfigError: the profile or the OEM policy key is invalid.
         TpmUnavailable: the TPM cannot be reached at start.
         NameTaken: another process owns the bus name.
         KeyServiceError: the key folder or the D-Bus bus cannot be used.
@@ -54,13 +54,16 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
             )
     tpm = TpmBackend(config.tcti)
     await tpm.start()
-    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection)
+    core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection,
+                      config.signed_policy)
     source = CanStateSource(
         monitor, config.can_interface, config.can_channel, config.can_options,
         config.tick_interval,
     )
     bus = None
     try:
+        core.finish_rotations()
+        await core.start_signed_policy()
         try:
             bus = await asyncio.wait_for(connect_bus(config.bus), timeout=30.0)
         except (OSError, ValueError, TimeoutError, EOFError) as err:
@@ -75,6 +78,7 @@ async def run_service(config: Config, stop: asyncio.Event | None = None) -> None
         _LOGGER.info("stopping")
     finally:
         await source.stop()
+        core.seeds.wipe_all("service stopping")
         if bus is not None:
             bus.disconnect()
         await tpm.close()

@@ -1,4 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay | profile check``."""
+"""Command line: ``vehicle-keysvc run | replay | profile check | policy``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from . import cli_profile
+from . import cli_policy, cli_profile
 from .config import load_config
 from .errors import KeyServiceError
 from .profile import load_profile
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gate re-evaluation interval between frames, in ms (default 20)")
     rep.set_defaults(func=_cmd_replay)
     cli_profile.register(commands)
+    cli_policy.register(commands)
     return parser
 
 

@@ -70,6 +70,43 @@ class KeyStorageClient:
     async def delete_key(self, key_id: str) -> None:
         await self._call("DeleteKey", "s", [key_id])
 
+    async def generate(self, key_id: str, key_type: str,
+                       options: dict[str, Variant]) -> bytes:
+        """Call GenerateKey with any options, e.g. ``{"policy": Variant("s", "authorized")}``."""
+        return bytes((await self._call("GenerateKey", "ssa{sv}",
+                                       [key_id, key_type, options]))[0])
+
+    async def import_key(self, key_id: str, private_key: bytes, owner_uid: int,
+                         pcrs: str | None = None, policy: str | None = None) -> bytes:
+        options = {"owner_uid": Variant("u", owner_uid)}
+        if pcrs is not None:
+            options["pcrs"] = Variant("s", pcrs)
+        if policy is not None:
+            options["policy"] = Variant("s", policy)
+        body = [key_id, bytes(private_key), options]
+        return bytes((await self._call("ImportKey", "saya{sv}", body))[0])
+
+    async def create_csr(self, key_id: str, subject: str,
+                         algorithm: str | None = None) -> bytes:
+        options = {} if algorithm is None else {"algorithm": Variant("s", algorithm)}
+        body = [key_id, subject, options]
+        return bytes((await self._call("CreateCSR", "ssa{sv}", body))[0])
+
+    async def set_certificate(self, key_id: str, cert_chain: bytes) -> None:
+        await self._call("SetCertificate", "say", [key_id, cert_chain])
+
+    async def get_certificate(self, key_id: str) -> bytes:
+        return bytes((await self._call("GetCertificate", "s", [key_id]))[0])
+
+    async def rotate_key(self, key_id: str, new_key_id: str,
+                         options: dict[str, Variant] | None = None) -> bytes:
+        body = [key_id, new_key_id, options or {}]
+        return bytes((await self._call("RotateKey", "ssa{sv}", body))[0])
+
+    async def load_policy(self, signed_policy: bytes) -> int:
+        """Send a signed policy file; return the release counter after loading it."""
+        return int((await self._call("LoadPolicy", "ay", [signed_policy]))[0])
+
     async def get_property(self, name: str) -> Any:
         body = await self._call("Get", "ss", [INTERFACE, name],
                                 interface="org.freedesktop.DBus.Properties")

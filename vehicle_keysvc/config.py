@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ConfigError, InvalidArgument
 from .gate_policy import GatePolicy, parse_policies
+from .policy import DEFAULT_COUNTER_INDEX, PolicySettings, check_policy_ref
 from .tpm import PcrSelection
 
 _BUSES = ("system", "session")
@@ -36,6 +37,7 @@ class Config:
     debounce_frames: int = 3  # consecutive valid frames per gated fact
     log_level: str = "INFO"
     gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
+    signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
 
 
 def _get(
@@ -68,7 +70,10 @@ def _check_keys(table: dict[str, Any], section: str, allowed: set[str]) -> None:
 def parse_config(data: dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths are taken from ``base``."""
     defaults = Config()
-    names = ("tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "gate_policies")
+    names = (
+        "tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy",
+        "gate_policies",
+    )
     _check_keys(data, "top level", set(names))
     sections = {}
     for name in names:
@@ -149,6 +154,8 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
             f"[logging] level = {level!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
         )
 
+    signed_policy = _parse_policy(sections["policy"], base, key_dir)
+
     return Config(
         tcti=tcti,
         pcr_selection=pcr_selection,
@@ -163,7 +170,45 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         debounce_frames=debounce,
         log_level=level,
         gate_policies=parse_policies(sections["gate_policies"]),
+        signed_policy=signed_policy,
     )
+
+
+def _parse_policy(table: dict[str, Any], base: Path, key_dir: Path) -> PolicySettings | None:
+    _check_keys(table, "policy", {"oem_public_key", "policy_ref", "signed_policy",
+                                  "release_counter"})
+    key_text = _get(table, "policy", "oem_public_key", str, "")
+    if not key_text:
+        if set(table) - {"oem_public_key"}:
+            raise ConfigError(
+                "[policy] options are set but oem_public_key is missing; give the "
+                "OEM policy key's PEM file or remove the [policy] section"
+            )
+        return None
+    oem_public_key = base / key_text
+    if not oem_public_key.is_file():
+        raise ConfigError(
+            f"[policy] oem_public_key = {key_text!r}: file {oem_public_key} not found; "
+            "give the PEM file of the OEM policy key"
+        )
+    if "policy_ref" not in table:
+        raise ConfigError(
+            "[policy] policy_ref is missing; give the product name the OEM signs "
+            "policies for, for example 'webinos-headunit-A'"
+        )
+    try:
+        policy_ref = check_policy_ref(_get(table, "policy", "policy_ref", str, ""))
+    except InvalidArgument as err:
+        raise ConfigError(f"[policy] {err}") from None
+    signed_policy = base / _get(table, "policy", "signed_policy", str,
+                                str(key_dir.parent / "signed-policy.json"))
+    counter = _get(table, "policy", "release_counter", int, DEFAULT_COUNTER_INDEX)
+    if not 0x01000000 <= counter <= 0x01FFFFFF:
+        raise ConfigError(
+            f"[policy] release_counter = {counter:#x} is invalid: give an NV index "
+            "0x01000000..0x01ffffff, for example 0x01800100"
+        )
+    return PolicySettings(oem_public_key, policy_ref, signed_policy, counter)
 
 
 def load_config(path: str | Path) -> Config:

@@ -34,6 +34,7 @@ from .errors import (
     NameTaken,
     NotFound,
     PolicyMismatch,
+    TpmLockout,
     TpmUnavailable,
 )
 from .keyservice import KeyService
@@ -54,6 +55,7 @@ ERROR_NAMES: list[tuple[type[KeyServiceError], str]] = [
     (InvalidArgument, ERROR_PREFIX + "InvalidArgument"),
     (PolicyMismatch, ERROR_PREFIX + "PolicyMismatch"),
     (TpmUnavailable, ERROR_PREFIX + "TpmUnavailable"),
+    (TpmLockout, ERROR_PREFIX + "TpmLockout"),
     (AccessDenied, "org.freedesktop.DBus.Error.AccessDenied"),
     (KeyServiceError, ERROR_PREFIX + "Failed"),
 ]
@@ -149,6 +151,49 @@ class KeyStorageInterface(ServiceInterface):
     @_mapped_errors
     async def DeleteKey(self, key_id: "s") -> None:  # noqa: F821
         await self._core.delete_key(await self._caller(), key_id)
+
+    @method()
+    @_mapped_errors
+    async def ImportKey(
+        self, key_id: "s", private_key: "ay", options: "a{sv}"  # noqa: F821
+    ) -> "ay":  # noqa: F821
+        plain = {name: variant.value for name, variant in options.items()}
+        # NOTE: dbus-fast hands over the key as immutable bytes, and its
+        # receive buffer held it too; only the service's own copy is wiped.
+        buffer = bytearray(private_key)
+        del private_key
+        return await self._core.import_key(await self._caller(), key_id, buffer, plain)
+
+    @method()
+    @_mapped_errors
+    async def CreateCSR(
+        self, key_id: "s", subject: "s", options: "a{sv}"  # noqa: F821
+    ) -> "ay":  # noqa: F821
+        plain = {name: variant.value for name, variant in options.items()}
+        return await self._core.create_csr(await self._caller(), key_id, subject, plain)
+
+    @method()
+    @_mapped_errors
+    async def SetCertificate(self, key_id: "s", cert_chain: "ay") -> None:  # noqa: F821
+        await self._core.set_certificate(await self._caller(), key_id, cert_chain)
+
+    @method()
+    @_mapped_errors
+    async def GetCertificate(self, key_id: "s") -> "ay":  # noqa: F821
+        return await self._core.get_certificate(await self._caller(), key_id)
+
+    @method()
+    @_mapped_errors
+    async def RotateKey(
+        self, key_id: "s", new_key_id: "s", options: "a{sv}"  # noqa: F821
+    ) -> "ay":  # noqa: F821
+        plain = {name: variant.value for name, variant in options.items()}
+        return await self._core.rotate_key(await self._caller(), key_id, new_key_id, plain)
+
+    @method()
+    @_mapped_errors
+    async def LoadPolicy(self, signed_policy: "ay") -> "t":  # noqa: F821
+        return await self._core.load_policy(await self._caller(), signed_policy)
 
     @dbus_property(access=PropertyAccess.READ)
     def Locked(self) -> "b":  # noqa: F821

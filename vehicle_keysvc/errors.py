@@ -54,3 +54,7 @@ class ConfigError(KeyServiceError, ValueError):
 
 class NameTaken(KeyServiceError):
     """Another process already owns the service's D-Bus name."""
+
+
+class TpmLockout(TpmError):
+    """The TPM is in dictionary-attack lockout and rejects the authorization."""

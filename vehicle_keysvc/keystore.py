@@ -4,6 +4,12 @@ Only the public area and the private area wrapped by the SRK are stored;
 neither is usable outside the TPM that created it. A file appears under its
 final name only when complete (temp file, fsync, rename, fsync the folder),
 so a power loss leaves either the old state or the new one.
+
+Format versions: 1 has the PolicyPCR keys of the first release; 2 adds
+the optional ``authorization`` (PolicyAuthorize by an OEM key),
+``certificate_chain`` and ``replaces`` (the key a rotation replaces).
+Version 1 files are read as they are and written as version 2 when they
+change.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AlreadyExists, InvalidArgument, KeyServiceError, NotFound
-from .tpm import KeyBlobs, PcrSelection
+from .tpm import Authorization, KeyBlobs, PcrSelection
 
 _LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_TEMP_PREFIX = ".tmp-"
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUFFIX = ".key.json"
 
@@ -46,40 +54,66 @@ class KeyRecord:
     owner_uid: int
     blobs: KeyBlobs
     public_key_der: bytes
+    certificate_chain: bytes = b""  # PEM, leaf first; empty until SetCertificate
+    replaces: str | None = None  # key id that this key replaces once certified
     # Name of the gate policy the key needs besides the default gate, if any.
     gate_policy: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": FORMAT_VERSION,
-                "key_id": self.key_id,
-                "key_type": self.key_type,
-                "owner_uid": self.owner_uid,
-                "pcr_selection": str(self.blobs.pcr_selection),
-                "tpm_public": base64.b64encode(self.blobs.public).decode(),
-                "tpm_private": base64.b64encode(self.blobs.private).decode(),
-                "public_key_der": base64.b64encode(self.public_key_der).decode(),
-                "gate_policy": self.gate_policy,
-            },
-            indent=2,
-        )
+        data = {
+            "version": FORMAT_VERSION,
+            "key_id": self.key_id,
+            "key_type": self.key_type,
+            "owner_uid": self.owner_uid,
+            "pcr_selection": str(self.blobs.pcr_selection),
+            "tpm_public": base64.b64encode(self.blobs.public).decode(),
+            "tpm_private": base64.b64encode(self.blobs.private).decode(),
+            "public_key_der": base64.b64encode(self.public_key_der).decode(),
+        }
+        if self.blobs.authorization is not None:
+            data["authorization"] = {
+                "oem_key_name": self.blobs.authorization.oem_key_name.hex(),
+                "policy_ref": self.blobs.authorization.policy_ref.hex(),
+            }
+        if self.certificate_chain:
+            data["certificate_chain"] = self.certificate_chain.decode("ascii")
+        if self.replaces is not None:
+            data["replaces"] = self.replaces
+        if self.gate_policy is not None:
+            data["gate_policy"] = self.gate_policy
+        return json.dumps(data, indent=2)
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> KeyRecord:
         try:
             data = json.loads(text)
             version = data["version"]
-            if version != FORMAT_VERSION:
-                raise ValueError(f"format version {version} is not supported")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(
+                    f"format version {version} is not supported (this service "
+                    f"reads {', '.join(map(str, READABLE_VERSIONS))})"
+                )
+            authorization = None
+            if "authorization" in data:
+                authorization = Authorization(
+                    bytes.fromhex(data["authorization"]["oem_key_name"]),
+                    bytes.fromhex(data["authorization"]["policy_ref"]),
+                )
             blobs = KeyBlobs(
                 base64.b64decode(data["tpm_public"], validate=True),
                 base64.b64decode(data["tpm_private"], validate=True),
                 PcrSelection.parse(data["pcr_selection"]),
+                authorization,
             )
             gate_policy = data.get("gate_policy")
             if gate_policy is not None and not isinstance(gate_policy, str):
                 raise ValueError(f"gate_policy {gate_policy!r} is not a string")
+            chain = data.get("certificate_chain", "")
+            if not isinstance(chain, str):
+                raise ValueError("certificate_chain is not a PEM string")
+            replaces = data.get("replaces")
+            if replaces is not None:
+                check_key_id(replaces)
             owner_uid = int(data["owner_uid"])
             if not 0 <= owner_uid < 2**32:
                 raise ValueError(f"owner_uid {owner_uid} is not a uid")
@@ -90,6 +124,8 @@ class KeyRecord:
                 blobs=blobs,
                 public_key_der=base64.b64decode(data["public_key_der"], validate=True),
                 gate_policy=gate_policy,
+                certificate_chain=chain.encode("ascii"),
+                replaces=replaces,
             )
         except (ValueError, KeyError, TypeError) as err:
             raise KeyServiceError(f"key file {source} is damaged: {err}") from err
@@ -118,6 +154,10 @@ class KeyStore:
                 "key_dir or its permissions"
             ) from err
         self._records.clear()
+        for temp in self.directory.glob(f"{_TEMP_PREFIX}*"):
+            # A write that a power loss interrupted; its key was never visible.
+            _LOGGER.warning("removing incomplete key file %s", temp)
+            temp.unlink(missing_ok=True)
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
                 record = KeyRecord.from_json(path.read_text(encoding="utf-8"), path)
@@ -155,6 +195,12 @@ class KeyStore:
         self._write_atomically(self._path(record.key_id), record.to_json())
         self._records[record.key_id] = record
 
+    def replace(self, record: KeyRecord) -> None:
+        """Rewrite an existing key file atomically (for example to add a certificate)."""
+        self.get(record.key_id)
+        self._write_atomically(self._path(record.key_id), record.to_json())
+        self._records[record.key_id] = record
+
     def remove(self, key_id: str) -> None:
         self.get(key_id)
         path = self._path(key_id)
@@ -166,18 +212,27 @@ class KeyStore:
         return self.directory / (key_id + _SUFFIX)
 
     def _write_atomically(self, path: Path, text: str) -> None:
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp_name, 0o600)
-            os.rename(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(self.directory)
+        write_file_atomically(path, text.encode("utf-8"))
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a power loss leaves the old file or the new one.
+
+    Temp file in the same folder, fsync, rename over ``path``, fsync the
+    folder. The file is readable by its owner only.
+    """
+    fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o600)
+        os.rename(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
