@@ -104,6 +104,10 @@ def write_config(directory: Path, swtpm: Swtpm, bus_address: str, can_port: int)
         [policy]
         oem_public_key = "oem.pem"
         policy_ref = "{POLICY_REF}"
+
+        # The bench measures signing, so the per-uid rate limit is off.
+        [limits]
+        rate_per_second = 0
         """))
     return path
 

@@ -35,7 +35,7 @@ from sim.scenario import DRIVE_CYCLE, run_scenario
 from sim.socketcand import SocketcandServer
 from sim.transmit import PeriodicTransmitter
 from sim.vehicle import ReferenceVehicle
-from vehicle_keysvc.client import KeyStorageClient, KeyStorageError
+from vehicle_keysvc.client import KeyStorageClient, KeyStorageError, connect
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PROFILE = REPO / "dbc" / "reference.profile.toml"
@@ -240,7 +240,7 @@ async def run(speed: float) -> int:
     transmitter = PeriodicTransmitter(vehicle, server.broadcast)
     transmitter.start()
     timeline.print("setup", f"vehicle simulator serving socketcand on 127.0.0.1:{server.port}")
-    bus = await MessageBus(bus_address=dbus.address).connect()
+    bus = await connect(dbus.address)
     client = KeyStorageClient(bus)
     on_lock, on_state = watch_printer(timeline, Outcomes())
     outcomes_one, outcomes_two = Outcomes(), Outcomes()

@@ -223,13 +223,16 @@ class SocketcandServer:
             _LOGGER.debug("handler of client %s cancelled", client.peer)
         finally:
             self._clients.discard(client)
-            self._handlers.discard(task)
             self._dropped_before += client.dropped_frames
             writer.close()
             try:
                 await writer.wait_closed()
             except ConnectionError:
                 pass
+            finally:
+                # Only now, so that stop() also waits for a handler that is
+                # still closing its socket: the event loop may end right after.
+                self._handlers.discard(task)
             _LOGGER.info(
                 "client %s disconnected, %d frames dropped for it",
                 client.peer,

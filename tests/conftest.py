@@ -105,14 +105,14 @@ def write_config(
 class ServiceProcess:
     """The service run as its own process, as systemd would run it."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vehicle_keysvc.cli", "run", "--config", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def log(self) -> str:

@@ -66,7 +66,7 @@ class AccessPolicy:
 
     def require_admin(self, caller: Caller, method: str) -> None:
         if not self.is_admin(caller):
-            _LOGGER.warning("denied %s to %s: not an admin", method, caller)
+            _LOGGER.debug("denied %s to %s: not an admin", method, caller)
             raise AccessDenied(f"{method} is for administrators; uid {caller.uid} is not one")
 
     def may_see(self, caller: Caller, record: KeyRecord) -> bool:
@@ -75,7 +75,7 @@ class AccessPolicy:
     def require_owner(self, caller: Caller, record: KeyRecord, method: str) -> None:
         """Only the owner signs; an admin manages keys but cannot use them."""
         if caller.uid != record.owner_uid:
-            _LOGGER.warning(
+            _LOGGER.debug(
                 "denied %s on key %r to %s: owner is uid %d",
                 method,
                 record.key_id,

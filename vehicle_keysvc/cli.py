@@ -1,4 +1,4 @@
-"""Command line: ``vehicle-keysvc run | replay | profile check | policy``."""
+"""Command line: ``vehicle-keysvc run | replay | profile | policy`` and operator commands."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import cli_policy, cli_profile
+from .cli_ops import register_operator_commands
 from .config import load_config
 from .errors import KeyServiceError
+from .journal import use_journal_if_connected
 from .profile import load_profile
 from .logfiles import LogStats
 from .replay import read_frames, replay
@@ -30,8 +33,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .app import run_service
 
     config = load_config(args.config)
-    _setup_logging(args.log_level or config.log_level)
-    asyncio.run(run_service(config))
+    if not use_journal_if_connected(args.log_level or config.log_level):
+        _setup_logging(args.log_level or config.log_level)
+    asyncio.run(run_service(config, config_path=Path(args.config)))
     return 0
 
 
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_replay)
     cli_profile.register(commands)
     cli_policy.register(commands)
+    register_operator_commands(commands)
     return parser
 
 

@@ -1,4 +1,15 @@
-"""Async client for org.webinos.KeyStorage1, for the PZP side and tools."""
+"""Async client for org.webinos.KeyStorage1, for the PZP side and tools.
+
+Example, on the system bus::
+
+    bus = await connect("system")
+    client = KeyStorageClient(bus)
+    signature = await client.sign("pzp", digest)
+
+Every D-Bus error reply is raised as :class:`KeyStorageError` with the
+D-Bus error name, so a caller can tell ``...Error.Locked`` from
+``org.freedesktop.DBus.Error.AccessDenied``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +19,12 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from .dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
+from .dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH, connect_bus
+
+
+async def connect(bus: str = "system") -> MessageBus:
+    """Connect to ``"system"``, ``"session"`` or a D-Bus address such as unix:path=..."""
+    return await connect_bus(bus)
 
 
 class KeyStorageError(Exception):
@@ -77,12 +93,16 @@ class KeyStorageClient:
                                        [key_id, key_type, options]))[0])
 
     async def import_key(self, key_id: str, private_key: bytes, owner_uid: int,
-                         pcrs: str | None = None, policy: str | None = None) -> bytes:
+                         pcrs: str | None = None, policy: str | None = None,
+                         gate_policy: str | None = None) -> bytes:
+        """Import a private key (PEM or DER) into the TPM; return its public DER."""
         options = {"owner_uid": Variant("u", owner_uid)}
         if pcrs is not None:
             options["pcrs"] = Variant("s", pcrs)
         if policy is not None:
             options["policy"] = Variant("s", policy)
+        if gate_policy is not None:
+            options["gate_policy"] = Variant("s", gate_policy)
         body = [key_id, bytes(private_key), options]
         return bytes((await self._call("ImportKey", "saya{sv}", body))[0])
 
@@ -106,6 +126,28 @@ class KeyStorageClient:
     async def load_policy(self, signed_policy: bytes) -> int:
         """Send a signed policy file; return the release counter after loading it."""
         return int((await self._call("LoadPolicy", "ay", [signed_policy]))[0])
+
+    async def locked(self) -> tuple[bool, str]:
+        """Return the gate's decision: whether keys are locked, and why."""
+        return bool(await self.get_property("Locked")), str(
+            await self.get_property("LockReason"))
+
+    async def tpm_info(self) -> dict[str, Any]:
+        """Return the TPM's manufacturer, vendor, spec, firmware and availability."""
+        raw = await self.get_property("TpmInfo")
+        return {name: variant.value for name, variant in raw.items()}
+
+    async def service_pid(self) -> int:
+        """Return the pid of the process that owns the service's bus name."""
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixProcessID",
+            signature="s", body=[BUS_NAME]))
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise KeyStorageError(reply.error_name or "unknown", text)
+        return int(reply.body[0])
 
     async def get_property(self, name: str) -> Any:
         body = await self._call("Get", "ss", [INTERFACE, name],

@@ -38,6 +38,9 @@ class Config:
     log_level: str = "INFO"
     gate_policies: dict[str, GatePolicy] = field(default_factory=dict)  # by name
     signed_policy: PolicySettings | None = None  # None: no [policy] oem_public_key
+    rate_limit: float = 10.0  # requests per second per uid; 0 turns it off
+    rate_burst: int = 20  # requests
+    audit_repeat_window: float = 60.0  # seconds
 
 
 def _get(
@@ -72,7 +75,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
     defaults = Config()
     names = (
         "tpm", "dbus", "access", "storage", "can", "vehicle", "logging", "policy",
-        "gate_policies",
+        "gate_policies", "limits",
     )
     _check_keys(data, "top level", set(names))
     sections = {}
@@ -147,7 +150,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     logging_table = sections["logging"]
-    _check_keys(logging_table, "logging", {"level"})
+    _check_keys(logging_table, "logging", {"level", "audit_repeat_window_s"})
     level = _get(logging_table, "logging", "level", str, defaults.log_level).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -155,6 +158,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         )
 
     signed_policy = _parse_policy(sections["policy"], base, key_dir)
+    limits = _parse_limits(sections["limits"], logging_table)
 
     return Config(
         tcti=tcti,
@@ -171,6 +175,7 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
         log_level=level,
         gate_policies=parse_policies(sections["gate_policies"]),
         signed_policy=signed_policy,
+        **limits,
     )
 
 
@@ -209,6 +214,33 @@ def _parse_policy(table: dict[str, Any], base: Path, key_dir: Path) -> PolicySet
             "0x01000000..0x01ffffff, for example 0x01800100"
         )
     return PolicySettings(oem_public_key, policy_ref, signed_policy, counter)
+
+
+def _parse_limits(limits: dict[str, Any], logging_table: dict[str, Any]) -> dict[str, Any]:
+    """Parse [limits] and [logging] audit_repeat_window_s into Config fields."""
+    defaults = Config()
+    _check_keys(limits, "limits", {"rate_per_second", "burst"})
+    rate = _get(limits, "limits", "rate_per_second", (int, float), defaults.rate_limit)
+    if not 0 <= rate <= 10_000:
+        raise ConfigError(
+            f"[limits] rate_per_second = {rate!r} is invalid: use 0..10000 requests "
+            "per second per uid (0 turns the limit off)"
+        )
+    burst = _get(limits, "limits", "burst", int, defaults.rate_burst)
+    if not 1 <= burst <= 100_000:
+        raise ConfigError(
+            f"[limits] burst = {burst!r} is invalid: use 1..100000 requests"
+        )
+    window = _get(
+        logging_table, "logging", "audit_repeat_window_s", (int, float),
+        defaults.audit_repeat_window,
+    )
+    if not 1 <= window <= 86_400:
+        raise ConfigError(
+            f"[logging] audit_repeat_window_s = {window!r} is invalid: use 1..86400 "
+            "seconds"
+        )
+    return {"rate_limit": float(rate), "rate_burst": burst, "audit_repeat_window": float(window)}
 
 
 def load_config(path: str | Path) -> Config:

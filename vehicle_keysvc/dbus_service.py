@@ -35,10 +35,13 @@ from .errors import (
     NotFound,
     PolicyMismatch,
     TpmLockout,
+    RateLimited,
+    ServiceStopping,
     TpmUnavailable,
 )
 from .keyservice import KeyService
 from .monitor import Event, LockEvent
+from .request_guard import RequestGuard
 from .vehicle_state import FactChange, FactView
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ ERROR_NAMES: list[tuple[type[KeyServiceError], str]] = [
     (PolicyMismatch, ERROR_PREFIX + "PolicyMismatch"),
     (TpmUnavailable, ERROR_PREFIX + "TpmUnavailable"),
     (TpmLockout, ERROR_PREFIX + "TpmLockout"),
+    (RateLimited, ERROR_PREFIX + "RateLimited"),
+    (ServiceStopping, ERROR_PREFIX + "Stopping"),
     (AccessDenied, "org.freedesktop.DBus.Error.AccessDenied"),
     (KeyServiceError, ERROR_PREFIX + "Failed"),
 ]
@@ -74,10 +79,14 @@ def to_dbus_error(err: KeyServiceError) -> DBusError:
 
 
 def _mapped_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Run a method through the interface's RequestGuard and map its errors."""
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any) -> Any:
+    async def wrapper(self: "KeyStorageInterface", *args: Any) -> Any:
         try:
-            return await fn(*args)
+            return await self.guard.run(
+                fn.__name__, args, self._caller, functools.partial(fn, self, *args)
+            )
         except KeyServiceError as err:
             raise to_dbus_error(err) from None
 
@@ -112,10 +121,15 @@ def vehicle_state_variant(views: dict[str, FactView]) -> dict[str, Variant]:
 class KeyStorageInterface(ServiceInterface):
     """org.webinos.KeyStorage1 on /org/webinos/KeyStorage1."""
 
-    def __init__(self, core: KeyService, callers: CallerCache) -> None:
+    def __init__(
+        self, core: KeyService, callers: CallerCache, guard: RequestGuard | None = None
+    ) -> None:
         super().__init__(INTERFACE)
         self._core = core
         self._callers = callers
+        self.guard = RequestGuard() if guard is None else guard
+        # Fixed TPM properties (manufacturer, vendor, spec, firmware), read at start.
+        self.tpm_info: dict[str, str] = {}
         core.monitor.add_listener(self._on_vehicle_event)
 
     async def _caller(self) -> Caller:
@@ -209,6 +223,12 @@ class KeyStorageInterface(ServiceInterface):
         now = monitor.current_time()
         return vehicle_state_variant(monitor.view(now))
 
+    @dbus_property(access=PropertyAccess.READ)
+    def TpmInfo(self) -> "a{sv}":  # noqa: F821
+        info = {name: Variant("s", value) for name, value in self.tpm_info.items()}
+        info["available"] = Variant("b", self._core.tpm.available)
+        return info
+
     @signal()
     def LockChanged(self, locked: bool, reason: str) -> "bs":  # noqa: F821
         return [locked, reason]
@@ -261,7 +281,9 @@ async def _credentials(bus: MessageBus, unique_name: str) -> Caller:
     )
 
 
-async def serve(bus: MessageBus, core: KeyService) -> KeyStorageInterface:
+async def serve(
+    bus: MessageBus, core: KeyService, guard: RequestGuard | None = None
+) -> KeyStorageInterface:
     """Export the interface and own the bus name.
 
     Raises:
@@ -297,7 +319,7 @@ async def serve(bus: MessageBus, core: KeyService) -> KeyStorageInterface:
             ],
         )
     )
-    interface = KeyStorageInterface(core, callers)
+    interface = KeyStorageInterface(core, callers, guard)
     bus.export(OBJECT_PATH, interface)
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply != RequestNameReply.PRIMARY_OWNER:

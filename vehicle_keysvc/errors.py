@@ -58,3 +58,11 @@ class NameTaken(KeyServiceError):
 
 class TpmLockout(TpmError):
     """The TPM is in dictionary-attack lockout and rejects the authorization."""
+
+
+class RateLimited(KeyServiceError):
+    """The caller's uid sent more requests than ``[limits]`` allows."""
+
+
+class ServiceStopping(KeyServiceError):
+    """The service is shutting down and takes no new requests."""

@@ -104,7 +104,7 @@ class KeyService:
         spec = algorithm_for(self._key_type(record), algorithm)
         check_data(spec, digest)
         signature = await self._gated_signature(caller, record, spec, bytes(digest), "Sign")
-        _LOGGER.info("signed with key %r (%s) for %s", key_id, algorithm, caller)
+        _LOGGER.debug("signed with key %r (%s) for %s", key_id, algorithm, caller)
         return signature
 
     def _key_type(self, record: KeyRecord) -> KeyType:
@@ -124,8 +124,8 @@ class KeyService:
             # The seed cache is wiped on every lock of the default gate; a
             # key whose own gate policy locks loses its seed here.
             self.seeds.discard(record.key_id)
-            _LOGGER.info("refused %s with key %r for %s: locked (%s)",
-                         method, record.key_id, caller, decision.reason)
+            _LOGGER.debug("refused %s with key %r for %s: locked (%s)",
+                          method, record.key_id, caller, decision.reason)
             raise Locked(f"keys are locked: {decision.reason}")
         return self._lock_epochs(record)
 

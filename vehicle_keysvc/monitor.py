@@ -188,6 +188,22 @@ class VehicleMonitor:
         state = self.policies.get(name)
         return state.lock_epoch if state is not None else -1
 
+    def reset_decisions(self, reason: str, old_epochs: Mapping[str | None, int]) -> None:
+        """Lock every gate with ``reason``, each epoch past its value in ``old_epochs``.
+
+        ``old_epochs`` maps None to the default gate's epoch and policy names
+        to theirs. Used when a reload replaces the gates.
+        """
+        gates = [(None, self._default), *self.policies.items()]
+        for name, state in gates:
+            state.reset()
+            state.decision = Decision(True, reason)
+            state.lock_epoch = max(state.lock_epoch, old_epochs.get(name, -1)) + 1
+
+    def notify_lock(self) -> None:
+        """Send listeners a LockEvent for a lock that no frame caused."""
+        self._notify(LockEvent(self._default.decision, self.current_time(), True))
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

@@ -35,6 +35,7 @@ from tpm2_pytss.constants import (  # noqa: E402
     TPM2_CAP,
     TPM2_EO,
     TPM2_HC,
+    TPM2_PT,
     TPM2_RC,
     TPM2_RH,
     TPM2_SE,
@@ -804,6 +805,25 @@ class TpmBackend:
 
     # Test and operator helpers --------------------------------------------
 
+    async def describe(self) -> dict[str, str]:
+        """Read the TPM's manufacturer, vendor string, spec revision and firmware.
+
+        Raises:
+            TpmUnavailable: the TPM cannot be reached.
+        """
+
+        def query() -> dict[str, str]:
+            assert self._esapi is not None
+            _, data = self._esapi.get_capability(
+                TPM2_CAP.TPM_PROPERTIES, TPM2_PT.FIXED, 16
+            )
+            fixed = int(TPM2_PT.FIXED)
+            return describe_properties(
+                {int(p.property) - fixed: int(p.value) for p in data.data.tpmProperties}
+            )
+
+        return await self._call(query)
+
     async def transient_handles(self) -> list[int]:
         """Return the transient handles loaded in the TPM (for leak checks)."""
 
@@ -815,6 +835,31 @@ class TpmBackend:
             return list(data.data.handles)
 
         return await self._call(query)
+
+
+# Offsets of fixed properties from TPM2_PT_FIXED (TPM 2.0 Part 2, table 23).
+_PT_FAMILY, _PT_REVISION, _PT_MANUFACTURER = 0, 2, 5
+_PT_VENDOR_STRINGS = range(6, 10)
+_PT_FIRMWARE_1, _PT_FIRMWARE_2 = 11, 12
+
+
+def _ascii_of(value: int) -> str:
+    """Decode a property that packs up to four ASCII characters, high byte first."""
+    return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace").strip()
+
+
+def describe_properties(values: dict[int, int]) -> dict[str, str]:
+    """Turn fixed TPM properties (offset from TPM2_PT_FIXED -> value) into text."""
+    info = {
+        "manufacturer": _ascii_of(values.get(_PT_MANUFACTURER, 0)),
+        "vendor": "".join(_ascii_of(values.get(i, 0)) for i in _PT_VENDOR_STRINGS),
+        "spec": f"{_ascii_of(values.get(_PT_FAMILY, 0))} rev "
+                f"{values.get(_PT_REVISION, 0) / 100:.2f}",
+    }
+    first, second = values.get(_PT_FIRMWARE_1, 0), values.get(_PT_FIRMWARE_2, 0)
+    # The vendor defines the firmware version's format, so it is shown raw.
+    info["firmware"] = f"{first:08x}.{second:08x}"
+    return info
 
 
 def _start_session(esapi: ESAPI, session_type: TPM2_SE) -> Any:
