@@ -137,3 +137,30 @@ async def test_authorized_key_after_tpm_reset(swtpm) -> None:
         await tpm.sign(blobs, hashlib.sha256(b"after").digest())
     finally:
         await tpm.close()
+
+
+@pytest.mark.asyncio
+async def test_gate_policy_lock_wipes_seed(tmp_path) -> None:
+    """A lock of the key's own gate policy has no event; the refused Sign wipes."""
+    from test_keyservice import policy_service
+
+    service, monitor, vehicle, now = policy_service(tmp_path)
+    tpm = SealingTpm()
+    tpm.release.set()
+    service.tpm = tpm
+    public_der = ed25519.Ed25519PrivateKey.from_private_bytes(SEED).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    service.store.add(KeyRecord("pay-ed", "ed25519", OWNER.uid,
+                                KeyBlobs(b"p", b"q", SELECTION), public_der,
+                                gate_policy="payment"))
+    await service.sign(OWNER, "pay-ed", b"parked", "ed25519")
+    assert len(service.seeds) == 1
+
+    vehicle.set(gear="D")  # the payment policy locks; the default gate stays open
+    monitor.on_frame(vehicle.encode("TCU_GearSelection", timestamp=now), now)
+
+    assert monitor.locked is False
+    with pytest.raises(Locked, match="gate policy 'payment'"):
+        await service.sign(OWNER, "pay-ed", b"driving", "ed25519")
+    assert len(service.seeds) == 0
+    assert tpm.unsealed[0] == bytearray(32)

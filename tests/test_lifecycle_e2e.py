@@ -27,7 +27,7 @@ from conftest import REPO, ServiceProcess, wait_until
 from stack import Stack, start_stack
 from test_key_types_tpm import verify_with_cryptography, verify_with_openssl
 from test_service_e2e import dbus_send_as
-from tpm_tools import extend_pcr, transient_handles
+from tpm_tools import extend_pcr, read_pcrs, transient_handles
 from vehicle_keysvc.algorithms import KEY_TYPES, SIGN_ALGORITHMS
 from vehicle_keysvc.client import KeyStorageError
 
@@ -468,7 +468,6 @@ async def test_signed_policy_over_the_air_update(stack: Stack, tmp_path: Path) -
     assert "signed policy for release 1" in old_ed.text
 
     # The OEM signs the new values (here from a values file) and the car loads them.
-    from tpm_tools import read_pcrs
     values = tmp_path / "release-2.pcrs"
     values.write_text("sha256:\n" + "".join(
         f"  {i} : 0x{v.hex().upper()}\n" for i, v in read_pcrs(port, (7, 16)).items()))

@@ -30,8 +30,8 @@ from .errors import (
     NotFound,
     PolicyMismatch,
 )
-from .key_import import key_type_of, parse_private_key
 from .gate import Decision
+from .key_import import key_type_of, parse_private_key
 from .keystore import KeyRecord, KeyStore, check_key_id, write_file_atomically
 from .monitor import VehicleMonitor
 from .policy import PolicySettings, SignedPolicy, oem_key_name

@@ -5,11 +5,11 @@ neither is usable outside the TPM that created it. A file appears under its
 final name only when complete (temp file, fsync, rename, fsync the folder),
 so a power loss leaves either the old state or the new one.
 
-Format versions: 1 has the PolicyPCR keys of the first release; 2 adds
-the optional ``authorization`` (PolicyAuthorize by an OEM key),
-``certificate_chain`` and ``replaces`` (the key a rotation replaces).
-Version 1 files are read as they are and written as version 2 when they
-change.
+Format versions: 1 has the PolicyPCR keys of the first release, with an
+optional ``gate_policy``; 2 adds the optional ``authorization``
+(PolicyAuthorize by an OEM key), ``certificate_chain`` and ``replaces``
+(the key a rotation replaces). Version 1 files are read as they are and
+written as version 2 when they change.
 """
 
 from __future__ import annotations
