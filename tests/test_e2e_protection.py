@@ -253,6 +253,7 @@ def test_profile_e2e_settings_reach_receiver(tmp_path: Path) -> None:
     ("sync_frames = true", "sync_frames must be 1..15"),
     ("max_no_new_data = 15", "max_no_new_data must be 0..14"),
     ('max_no_new_data = "2"', "max_no_new_data must be 0..14"),
+    ("sync_frame = 2", "unknown keys sync_frame"),
 ])
 def test_profile_rejects_bad_e2e_settings(tmp_path: Path, keys: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

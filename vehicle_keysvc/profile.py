@@ -364,6 +364,11 @@ def _message_settings(
     )
 
 
+_E2E_KEYS = frozenset(
+    {"counter", "crc", "data_id", "max_counter_delta", "sync_frames", "max_no_new_data"}
+)
+
+
 def _e2e_settings(message: Any, table: dict[str, Any], where: str) -> E2ESettings:
     counter = _require(table, "counter", str, where)
     crc = _require(table, "crc", str, where)
@@ -396,6 +401,12 @@ def _e2e_settings(message: Any, table: dict[str, Any], where: str) -> E2ESetting
     if not isinstance(max_delta, int) or not 1 <= max_delta <= 14:
         raise ConfigError(
             f"{where}: max_counter_delta must be 1..14, got {max_delta!r}"
+        )
+    unknown = sorted(set(table) - _E2E_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown keys {', '.join(unknown)}; use "
+            f"{', '.join(sorted(_E2E_KEYS))}"
         )
     sync_frames = table.get("sync_frames", 2)
     if (not isinstance(sync_frames, int) or isinstance(sync_frames, bool)
