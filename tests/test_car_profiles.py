@@ -10,6 +10,8 @@ import can
 import pytest
 
 from conftest import DATA, REPO
+from vehicle_keysvc.gate_policy import parse_policies
+from vehicle_keysvc.monitor import VehicleMonitor
 from vehicle_keysvc.profile import load_profile
 from vehicle_keysvc.replay import TimelineEntry, read_frames, replay
 
@@ -196,3 +198,30 @@ def test_vw_mqb_drive_from_encoded_frames() -> None:
         "GE_Fahrstufe: raw value T (14) is not mapped by the profile"
     )
     assert states(timeline, SPEED) == [(0.0, 0.0), (4.0, 12.5), (5.0, 48.25), (6.0, 0.0)]
+
+
+def test_camaro_gear_policy_names_both_signals() -> None:
+    profile = load_profile(REPO / "dbc" / "chevrolet_camaro.profile.toml")
+    policies = parse_policies({"park": {GEAR: {"values": ["P"]}}})
+    monitor = VehicleMonitor(profile, policies=policies)
+    frames = list(read_frames(DATA / "reverse.log"))
+    start = frames[0].timestamp
+    decisions: dict[float, tuple[bool, bool, str]] = {}
+    for frame in frames:
+        monitor.on_frame(frame, frame.timestamp)
+        offset = round(frame.timestamp - start, 1)
+        if offset in (1.0, 3.0, 6.0, 8.0):
+            park = monitor.policy_decision("park")
+            decisions[offset] = (monitor.locked, park.locked, park.reason)
+
+    # The default gate reads the power mode only and stays unlocked.
+    assert [default for default, _, _ in decisions.values()] == [False] * 4
+    # PRNDL2 raw 15 (1.0 s, 6.0 s) and R against PRNDL's P (3.0 s, 8.0 s).
+    assert decisions[1.0][1:] == (True, (
+        f"gate policy 'park': {GEAR} is invalid: PRNDL2: raw value 15 is not "
+        "mapped by the profile"))
+    assert decisions[3.0][1:] == (True, (
+        f"gate policy 'park': {GEAR} is invalid: contradiction: ECMPRDNL2.PRNDL2 "
+        "is -1 but ECMPRDNL.PRNDL is 126"))
+    assert decisions[6.0] == decisions[1.0]
+    assert decisions[8.0] == decisions[3.0]

@@ -62,12 +62,12 @@ do_install:append() {
     install -m 0644 ${S}/dbc/ford_lincoln_base_pt.dbc ${D}${datadir}/vehicle-keysvc/profiles/
     install -m 0644 ${S}/dbc/chevrolet_camaro.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/chevrolet_camaro.toml
     install -m 0644 ${S}/dbc/gm_global_a_powertrain_generated.dbc ${D}${datadir}/vehicle-keysvc/profiles/
-    install -m 0644 ${S}/dbc/hyundai_genesis.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/hyundai_genesis.toml
-    install -m 0644 ${S}/dbc/hyundai_i30_2014.dbc ${D}${datadir}/vehicle-keysvc/profiles/
     install -m 0644 ${S}/dbc/scion.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/scion.toml
     install -m 0644 ${S}/dbc/toyota_iQ_2009_can.dbc ${D}${datadir}/vehicle-keysvc/profiles/
     install -m 0644 ${S}/dbc/subaru_wrx.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/subaru_wrx.toml
     install -m 0644 ${S}/dbc/subaru_outback_2015_generated.dbc ${D}${datadir}/vehicle-keysvc/profiles/
+    install -m 0644 ${S}/dbc/hyundai_genesis.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/hyundai_genesis.toml
+    install -m 0644 ${S}/dbc/hyundai_i30_2014.dbc ${D}${datadir}/vehicle-keysvc/profiles/
     install -m 0644 ${S}/dbc/vw_mqb.profile.toml ${D}${datadir}/vehicle-keysvc/profiles/vw_mqb.toml
     install -m 0644 ${S}/dbc/vw_mqb.dbc ${D}${datadir}/vehicle-keysvc/profiles/
     install -m 0644 ${S}/dbc/SOURCES.md ${D}${datadir}/vehicle-keysvc/profiles/
