@@ -86,3 +86,12 @@ def test_new_profile_locks_with_event(profile) -> None:
     assert monitor.lock_epoch == epoch + 1
     assert len(locks) == 1
     assert locks[0].decision.locked is True
+
+
+def test_new_profile_locks_before_tick(profile) -> None:
+    monitor, _, _ = unlocked_monitor(profile, {})
+
+    monitor.replace_settings(VehicleMonitor(load_profile(FORD_PROFILE)), profile_changed=True)
+
+    assert monitor.locked is True
+    assert "no frame of" in monitor.decision.reason

@@ -304,6 +304,10 @@ class VehicleMonitor:
                                  new_state.decision.reason)
             policies[name] = new_state
         self.policies = policies
+        if profile_changed:
+            # Evaluate at once: the carried decision may say unlocked, and a
+            # reload that reopens the CAN interface runs no tick meanwhile.
+            self._evaluate(self.current_time(), ())
 
     @staticmethod
     def _apply(state: DebouncedGate, decision: Decision) -> bool:
