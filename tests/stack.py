@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dbus_fast.aio import MessageBus
 
-from conftest import ServiceProcess, wait_for_service, write_config
+from conftest import ServiceProcess, wait_for_service, wait_until, write_config
 from sim.processes import DbusDaemon, Swtpm
 from sim.socketcand import SocketcandServer
 from sim.transmit import PeriodicTransmitter
@@ -62,3 +62,21 @@ async def start_stack(swtpm: Swtpm, dbus: DbusDaemon, bus: MessageBus,
                   transmitter, config, directory)
     await stack.start_service()
     return stack
+
+
+async def unlocked(stack: Stack) -> None:
+    """Wait until the service reports its keys unlocked."""
+
+    async def is_unlocked() -> bool:
+        return not await stack.client.get_property("Locked")
+
+    await wait_until(is_unlocked)
+
+
+async def locked(stack: Stack) -> None:
+    """Wait until the service reports its keys locked."""
+
+    async def is_locked() -> bool:
+        return bool(await stack.client.get_property("Locked"))
+
+    await wait_until(is_locked)

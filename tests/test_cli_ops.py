@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import REPO, wait_until
-from stack import Stack, start_stack
+from stack import Stack, unlocked, start_stack
 from vehicle_keysvc.cli_ops import EXIT_DENIED, EXIT_UNAVAILABLE, explain
 from vehicle_keysvc.client import KeyStorageError
 
@@ -36,13 +36,6 @@ async def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "vehicle_keysvc.cli", *args, "--bus", stack.dbus.address],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
-
-
-async def unlocked(stack: Stack) -> None:
-    async def is_unlocked() -> bool:
-        return not await stack.client.get_property("Locked")
-
-    await wait_until(is_unlocked)
 
 
 @pytest.mark.asyncio

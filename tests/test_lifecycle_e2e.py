@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from dbus_fast import Variant
 
 from conftest import REPO, ServiceProcess, wait_until
-from stack import Stack, start_stack
+from stack import Stack, locked, unlocked, start_stack
 from test_key_types_tpm import verify_with_cryptography, verify_with_openssl
 from test_service_e2e import dbus_send_as
 from tpm_tools import extend_pcr, read_pcrs, transient_handles
@@ -55,20 +55,6 @@ async def can_connected(stack: Stack) -> None:
     blocks that loop. So the tests stop the service only after this.
     """
     await wait_until(lambda: stack.server.client_count >= 1, timeout=15.0)
-
-
-async def unlocked(stack: Stack) -> None:
-    async def is_unlocked() -> bool:
-        return not await stack.client.get_property("Locked")
-
-    await wait_until(is_unlocked)
-
-
-async def locked(stack: Stack) -> None:
-    async def is_locked() -> bool:
-        return bool(await stack.client.get_property("Locked"))
-
-    await wait_until(is_locked)
 
 
 async def call_error(call) -> KeyStorageError:

@@ -24,7 +24,7 @@ from conftest import ServiceProcess, wait_until
 from sim.socketcand import SocketcandServer
 from sim.traffic import burst, unrelated_ids
 from sim.transmit import PeriodicTransmitter
-from stack import Stack, start_stack
+from stack import Stack, locked, unlocked, start_stack
 from tpm_tools import extend_pcr, transient_handles
 from vehicle_keysvc.client import KeyStorageError
 
@@ -39,20 +39,6 @@ async def stack(swtpm, dbus_daemon, bus, tmp_path: Path) -> AsyncIterator[Stack]
         yield running
     finally:
         await running.close()
-
-
-async def unlocked(stack: Stack) -> None:
-    async def is_unlocked() -> bool:
-        return not await stack.client.get_property("Locked")
-
-    await wait_until(is_unlocked)
-
-
-async def locked(stack: Stack) -> None:
-    async def is_locked() -> bool:
-        return bool(await stack.client.get_property("Locked"))
-
-    await wait_until(is_locked)
 
 
 def verify(public_der: bytes, signature: bytes, digest: bytes) -> None:

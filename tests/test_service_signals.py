@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from conftest import FORD_PROFILE, ServiceProcess, name_has_owner, wait_for_service, wait_until
-from stack import Stack, start_stack
+from stack import Stack, unlocked, start_stack
 from vehicle_keysvc.client import KeyStorageError
 
 ERROR = "org.webinos.KeyStorage1.Error."
@@ -50,13 +50,6 @@ async def restart_with(stack: Stack, extra_toml: str = "",
     if wait:
         await wait_for_service(service, stack.bus)
     return service
-
-
-async def unlocked(stack: Stack) -> None:
-    async def is_unlocked() -> bool:
-        return not await stack.client.get_property("Locked")
-
-    await wait_until(is_unlocked)
 
 
 async def receive(sock: socket.socket) -> str:
