@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import subprocess
 import sys
@@ -133,6 +134,24 @@ async def test_service_not_running_exits_3(stack: Stack) -> None:
         f"{stack.dbus.address} bus (ServiceUnknown); start it with: "
         "systemctl start vehicle-keysvc"
     )
+
+
+@pytest.mark.asyncio
+async def test_status_into_closed_pipe(stack: Stack) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` does once it has its lines
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "vehicle_keysvc.cli", "status", "--bus", stack.dbus.address],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
 
 
 @pytest.mark.asyncio

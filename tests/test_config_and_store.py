@@ -35,12 +35,15 @@ def test_config_defaults_and_relative_paths(tmp_path) -> None:
     ('[tpm]\npcrs = "sha256:30"\n', r"\[tpm\] pcrs"),
     ('[dbus]\nbus = "desktop"\n', "bus = 'desktop' is invalid"),
     ("[access]\nadmin_uids = [-3]\n", "admin_uids contains -3"),
-    ("[access]\nadmin_uids = 0\n", "expected a list"),
+    ("[access]\nadmin_uids = 0\n", "admin_uids = 0 is invalid: give an array"),
     ("[vehicle]\ntick_interval_ms = 0\n", "tick_interval_ms = 0 is invalid"),
     ('[can]\noptions = { can_filters = [] }\n', "can_filters is set by the service"),
     ("[tmp]\nx = 1\n", "unknown option"),
     ('[logging]\nlevel = "LOUD"\n', "level = 'LOUD' is invalid"),
     ("[tpm\n", "not valid TOML"),
+    ('[can]\ninterface = "nosuch"\n', "interface = 'nosuch' is not a python-can interface"),
+    ('[can]\noptions = "host"\n', "options = 'host' is invalid: give a table"),
+    ("[tpm]\npcrs = 5\n", "pcrs = 5 is invalid: give a quoted string"),
 ])
 def test_config_rejects_bad_values(tmp_path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -122,10 +122,12 @@ async def test_access_rules(tmp_path) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("options,message", [
-    ({}, "owner_uid = None is invalid"),
+    ({}, "option owner_uid is missing"),
     ({"owner_uid": -1}, "owner_uid = -1 is invalid"),
     ({"owner_uid": "1000"}, "owner_uid = '1000' is invalid"),
     ({"owner_uid": 1000, "colour": "red"}, "unknown option"),
+    ({"owner_uid": 1000, **{f"x{i:03}": 1 for i in range(100)}},
+     "unknown option\\(s\\) 'x000', 'x001', 'x002', 'x003', 'x004' and 95 more;"),
     ({"owner_uid": 1000, "pcrs": "sha256:99"}, "indices must be 0..23"),
 ])
 async def test_generate_rejects_bad_options(tmp_path, options, message) -> None:
@@ -184,6 +186,7 @@ async def test_generate_stores_gate_policy(tmp_path) -> None:
 @pytest.mark.parametrize("name,message", [
     ("parking", "gate policy 'parking' is not defined (defined: payment)"),
     (7, "option gate_policy = 7 is invalid"),
+    ("", "option gate_policy = '' is invalid: give the name of a [gate_policies.NAME]"),
 ])
 async def test_generate_rejects_unknown_policy(tmp_path, name, message) -> None:
     service, *_ = policy_service(tmp_path)

@@ -279,7 +279,7 @@ async def test_guard_applies_rate_limit(caplog: pytest.LogCaptureFixture) -> Non
 @pytest.mark.parametrize("text,message", [
     ("[limits]\nrate_per_second = -1\n", "[limits] rate_per_second = -1 is invalid"),
     ("[limits]\nburst = 0\n", "[limits] burst = 0 is invalid"),
-    ("[limits]\nburst = 2.5\n", "[limits] burst = 2.5 is invalid: expected a int"),
+    ("[limits]\nburst = 2.5\n", "[limits] burst = 2.5 is invalid: give an integer"),
     ("[limits]\nper_minute = 5\n", "[limits] has unknown option(s) per_minute"),
     ("[logging]\naudit_repeat_window_s = 0\n",
      "[logging] audit_repeat_window_s = 0 is invalid: use 1..86400 seconds"),

@@ -173,6 +173,26 @@ async def test_sighup_new_gate_policy(stack: Stack) -> None:
 
 
 @pytest.mark.asyncio
+async def test_sighup_removed_gate_policy_logged(stack: Stack) -> None:
+    policy = '\n[gate_policies.parked]\n"Vehicle.Speed" = { max = 0 }\n'
+    service = await restart_with(stack, policy)
+    await stack.client.generate_key("pay", owner_uid=0, gate_policy="parked")
+    stack.config.write_text(stack.config.read_text().replace(policy, ""))
+    log_start = len(service.log())
+
+    service.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: "reloaded " in service.log()[log_start:], timeout=30.0)
+
+    assert ("key 'pay' needs gate policy 'parked', which the config does not define"
+            in service.log()[log_start:])
+    await unlocked(stack)  # the default gate allows use; the missing policy does not
+    with pytest.raises(KeyStorageError) as caught:
+        await stack.client.sign("pay", DIGEST)
+    assert caught.value.name == ERROR + "Locked"
+    assert "gate policy 'parked' is not defined" in caught.value.text
+
+
+@pytest.mark.asyncio
 async def test_sighup_rejects_bad_config(stack: Stack) -> None:
     assert stack.service is not None
     good = stack.config.read_text()

@@ -20,7 +20,7 @@ from .keyservice import KeyService
 from .keystore import KeyStore
 from .profile import load_profile
 from .ratelimit import RateLimiter
-from .reload import RunningService, build_monitor, reload_config
+from .reload import RunningService, build_monitor, log_keys_without_gate_policy, reload_config
 from .request_guard import RequestGuard
 from .sdnotify import SystemdNotifier
 from .tpm import TpmBackend
@@ -65,13 +65,7 @@ async def run_service(
     monitor = build_monitor(config, profile)
     store = KeyStore(config.key_dir)
     store.load()
-    for record in store.records():
-        if (record.gate_policy is not None
-                and record.gate_policy not in config.gate_policies):
-            _LOGGER.error(
-                "key %r needs gate policy %r, which the config does not define; "
-                "the key stays locked", record.key_id, record.gate_policy,
-            )
+    log_keys_without_gate_policy(store, config)
     tpm = TpmBackend(config.tcti)
     await tpm.start()
     core = KeyService(store, tpm, monitor, AccessPolicy(config.admin_uids), config.pcr_selection,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import can.interfaces
+
 from .errors import ConfigError, InvalidArgument
 from .gate_policy import GatePolicy, parse_policies
 from .policy import DEFAULT_COUNTER_INDEX, PolicySettings, check_policy_ref
@@ -43,6 +45,17 @@ class Config:
     audit_repeat_window: float = 60.0  # seconds
 
 
+# How a config error names the expected TOML type.
+_TYPE_WORDS = {
+    str: "a quoted string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "an array",
+    dict: "a table such as { key = value }",
+}
+
+
 def _get(
     table: dict[str, Any],
     section: str,
@@ -54,9 +67,9 @@ def _get(
         return default
     value = table[key]
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else "number"
+        expected = _TYPE_WORDS.get(kind, "number") if isinstance(kind, type) else "number"
         raise ConfigError(
-            f"[{section}] {key} = {value!r} is invalid: expected a {expected}"
+            f"[{section}] {key} = {value!r} is invalid: give {expected}"
         )
     return value
 
@@ -125,6 +138,12 @@ def parse_config(data: dict[str, Any], base: Path) -> Config:
     can_table = sections["can"]
     _check_keys(can_table, "can", {"interface", "channel", "options"})
     interface = _get(can_table, "can", "interface", str, defaults.can_interface)
+    if interface not in can.interfaces.VALID_INTERFACES:
+        raise ConfigError(
+            f"[can] interface = {interface!r} is not a python-can interface; use "
+            "socketcan on the car, socketcand or virtual in tests, or another of "
+            f"{', '.join(sorted(can.interfaces.VALID_INTERFACES))}"
+        )
     channel = _get(can_table, "can", "channel", str, defaults.can_channel)
     options = _get(can_table, "can", "options", dict, {})
     if "can_filters" in options:

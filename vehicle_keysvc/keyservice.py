@@ -208,10 +208,10 @@ class KeyService:
     def _check_gate_policy(self, name: Any) -> str | None:
         if name is None:
             return None
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not name:
             raise InvalidArgument(
-                f"option gate_policy = {name!r} is invalid: give a policy name "
-                "as a string"
+                f"option gate_policy = {name!r} is invalid: give the name of a "
+                "[gate_policies.NAME] table in the service config"
             )
         if name not in self.monitor.policies:
             defined = ", ".join(sorted(self.monitor.policies)) or "none"
@@ -505,16 +505,23 @@ class KeyService:
 
 
 def _check_options(options: dict[str, Any], known: tuple[str, ...]) -> None:
-    unknown = set(options) - set(known)
+    unknown = sorted(set(options) - set(known))
     if unknown:
+        # A caller may send any number of options; name only the first few.
+        shown = ", ".join(repr(name[:64]) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise InvalidArgument(
-            f"unknown option(s) {', '.join(sorted(unknown))}; known options are "
-            f"{', '.join(known)}"
+            f"unknown option(s) {shown}{more}; known options are {', '.join(known)}"
         )
 
 
 def _owner_uid(options: dict[str, Any]) -> int:
-    owner_uid = options.get("owner_uid")
+    if "owner_uid" not in options:
+        raise InvalidArgument(
+            "option owner_uid is missing: give the uid of the process that will use "
+            "the key, e.g. owner_uid u 1000"
+        )
+    owner_uid = options["owner_uid"]
     if not isinstance(owner_uid, int) or isinstance(owner_uid, bool) or not (
         0 <= owner_uid < 2**32
     ):

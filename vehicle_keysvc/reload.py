@@ -28,6 +28,7 @@ from .config import Config, load_config
 from .errors import KeyServiceError
 from .gate import Gate
 from .keyservice import KeyService
+from .keystore import KeyStore
 from .monitor import VehicleMonitor
 from .profile import Profile, load_profile
 from .request_guard import RequestGuard
@@ -46,6 +47,16 @@ RESTART_ONLY = {
 }
 
 MonitorFactory = Callable[[Config, Profile], VehicleMonitor]
+
+def log_keys_without_gate_policy(store: KeyStore, config: Config) -> None:
+    """Log an error for each key whose gate policy the config does not define."""
+    for record in store.records():
+        if record.gate_policy is not None and record.gate_policy not in config.gate_policies:
+            _LOGGER.error(
+                "key %r needs gate policy %r, which the config does not define; "
+                "the key stays locked", record.key_id, record.gate_policy,
+            )
+
 
 def build_monitor(config: Config, profile: Profile) -> VehicleMonitor:
     """Build the vehicle monitor and its gate from the config, at start and on reload."""
@@ -124,6 +135,7 @@ async def reload_config(running: RunningService) -> bool:
     # The running monitor takes the new one's settings in place, because the
     # D-Bus interface, the CAN source and the key service hold it.
     monitor.replace_settings(fresh, profile_changed)
+    log_keys_without_gate_policy(core.store, new)
     core.policy.admin_uids = new.admin_uids
     core.pcr_selection = new.pcr_selection
     running.guard.limiter.configure(new.rate_limit, new.rate_burst)
