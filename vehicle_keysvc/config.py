@@ -45,7 +45,7 @@ class Config:
     audit_repeat_window: float = 60.0  # seconds
 
 
-# How a config error names the expected TOML type.
+# Wording of each expected TOML type in config errors, by Python type.
 _TYPE_WORDS = {
     str: "a quoted string",
     int: "an integer",

@@ -508,10 +508,10 @@ def _check_options(options: dict[str, Any], known: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(known))
     if unknown:
         # A caller may send any number of options; name only the first few.
-        shown = ", ".join(repr(name[:64]) for name in unknown[:5])
+        listed = ", ".join(repr(name[:64]) for name in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise InvalidArgument(
-            f"unknown option(s) {shown}{more}; known options are {', '.join(known)}"
+            f"unknown option(s) {listed}{more}; known options are {', '.join(known)}"
         )
 
 

@@ -305,8 +305,8 @@ class VehicleMonitor:
             policies[name] = new_state
         self.policies = policies
         if profile_changed:
-            # Evaluate at once: the carried decision may say unlocked, and a
-            # reload that reopens the CAN interface runs no tick meanwhile.
+            # Evaluate at once, because the carried decision may be unlocked
+            # and a reload that reopens the CAN interface runs no tick meanwhile.
             self._evaluate(self.current_time(), ())
 
     @staticmethod

@@ -7,9 +7,9 @@ file that fails any check is rejected and the running configuration stays.
 What a reload changes: the vehicle profile (its DBC, facts and E2E
 settings), the gate, the debounce, the gate policies, ``[access]
 admin_uids``, ``[tpm] pcrs`` for new keys, the rate limit, the audit repeat
-window, the log level and the tick interval. A new profile locks every key,
-and a changed gate policy locks its keys, until fresh frames confirm the
-state again; unchanged gates keep their state. The TPM, the D-Bus bus, the
+window, the log level and the tick interval. A new profile locks every key
+until fresh frames confirm the state again. A changed gate policy locks
+only its own keys, and unchanged gates keep their state. The TPM, the D-Bus bus, the
 key folder, the CAN interface and the ``[policy]`` settings need a restart;
 a changed value there is logged and ignored.
 """

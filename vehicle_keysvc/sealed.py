@@ -1,9 +1,10 @@
 """Unsealed Ed25519 seeds, kept in memory only while the gate is unlocked.
 
-The service asks the TPM to unseal a seed only while the gate is unlocked,
-and the TPM unseals it only under the key's policy. The cache keeps each
-seed in a ``bytearray`` and overwrites it with zeros on every lock event,
-on key deletion and at shutdown.
+The service requests an unseal from the TPM only while the gate is
+unlocked, and the TPM unseals only under the key's policy. The cache keeps
+each seed in a ``bytearray`` and overwrites it with zeros on every lock of
+the default gate, on key deletion and at shutdown. A key with its own gate
+policy loses its seed at its next refused request after that policy locks.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def sign_with_seed(seed: bytearray, message: bytes) -> bytes:
     """Sign ``message`` with an Ed25519 seed.
 
     NOTE: cryptography takes the seed as immutable bytes, so one copy per
-    call lives in Python memory until it is freed, and OpenSSL holds the
+    call lives in Python memory until it is freed, and OpenSSL keeps the
     expanded key until the key object is freed. Neither is overwritten.
     """
     key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(seed))
